@@ -1,0 +1,5 @@
+import sys
+
+from crmsyncd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+"""Composition root: the only module that wires concrete classes together."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp
+from pydantic import SecretStr
+
+from crmsyncd.config import Settings
+from crmsyncd.connectors.base import Connector
+from crmsyncd.connectors.ecosire import EcosireConnector, EcosireSettings
+from crmsyncd.connectors.http import make_session
+from crmsyncd.connectors.rest import RestConnector, RestSettings
+from crmsyncd.domain.mapping import EntitySpec, MappingSpec, load_mapping
+from crmsyncd.domain.records import Side
+from crmsyncd.engine.sync import EngineSettings, SyncEngine
+from crmsyncd.store.db import EmbeddedPostgres, Pool, create_pool
+from crmsyncd.store.errors import Backoff
+from crmsyncd.store.migrate import migrate
+
+
+class DatabaseUnavailable(Exception):
+    pass
+
+
+@contextlib.asynccontextmanager
+async def open_database(settings: Settings, *, apply_migrations: bool = True) -> AsyncIterator[Pool]:
+    """The state store: CRMSYNCD_DATABASE_URL, or the embedded server under CRMSYNCD_DATA_DIR."""
+    embedded: EmbeddedPostgres | None = None
+    if settings.database_url is not None:
+        dsn = settings.database_url.get_secret_value()
+        where = "CRMSYNCD_DATABASE_URL"
+    else:
+        embedded = EmbeddedPostgres(Path(settings.data_dir) / "pgdata")
+        try:
+            dsn = await embedded.start()
+        except Exception as exc:
+            raise DatabaseUnavailable(
+                f"cannot start the embedded PostgreSQL under {settings.data_dir}: {exc}"
+            ) from None
+        where = f"embedded PostgreSQL in {settings.data_dir}"
+    try:
+        pool = await create_pool(dsn, max_size=max(4, min(settings.workers, 16)))
+    except (OSError, ConnectionError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database ({where}): {exc}") from None
+    except Exception as exc:  # asyncpg's own errors: bad password, unknown database, ...
+        raise DatabaseUnavailable(f"cannot connect to the database ({where}): {type(exc).__name__}") from None
+    try:
+        if apply_migrations:
+            await migrate(pool)
+        yield pool
+    finally:
+        await pool.close()
+
+
+def build_connectors(settings: Settings, session: aiohttp.ClientSession) -> dict[Side, Connector]:
+    settings.require_remotes()
+    assert settings.ecosire_api_key is not None and settings.crm_api_key is not None
+    assert settings.crm_api_url is not None
+    ecosire = EcosireConnector(
+        EcosireSettings(
+            base_url=settings.ecosire_api_url,
+            api_key=settings.ecosire_api_key,
+            requests_per_minute=settings.ecosire_rate_limit,
+            timeout=settings.http_timeout,
+        ),
+        session,
+    )
+    crm = RestConnector(
+        RestSettings(
+            base_url=settings.crm_api_url,
+            api_key=SecretStr(settings.crm_api_key.get_secret_value()),
+            requests_per_minute=settings.crm_rate_limit,
+            timeout=settings.http_timeout,
+            page_size=settings.crm_page_size,
+            paths=settings.crm_paths,
+            id_field=settings.crm_id_field,
+            updated_field=settings.crm_updated_field,
+            updated_after_param=settings.crm_updated_after_param,
+            page_param=settings.crm_page_param,
+            limit_param=settings.crm_limit_param,
+        ),
+        session,
+    )
+    return {Side.ECOSIRE: ecosire, Side.CRM: crm}
+
+
+@dataclass(slots=True)
+class App:
+    settings: Settings
+    mapping: MappingSpec
+    pool: Pool
+    engine: SyncEngine
+    connectors: dict[Side, Connector]
+
+    @property
+    def entities(self) -> tuple[EntitySpec, ...]:
+        return self.mapping.select(self.settings.entities)
+
+    def select(self, names: list[str] | None) -> tuple[EntitySpec, ...]:
+        return self.mapping.select(names) if names else self.entities
+
+
+def load_app_mapping(settings: Settings) -> MappingSpec:
+    mapping = load_mapping(settings.mapping)
+    mapping.select(settings.entities)  # an unknown entity in CRMSYNCD_ENTITIES fails now
+    return mapping
+
+
+@contextlib.asynccontextmanager
+async def open_app(settings: Settings, mapping: MappingSpec | None = None) -> AsyncIterator[App]:
+    mapping = mapping or load_app_mapping(settings)
+    settings.require_remotes()
+    async with open_database(settings) as pool:
+        session = make_session(settings.http_timeout)
+        try:
+            connectors = build_connectors(settings, session)
+            engine = SyncEngine(
+                pool,
+                connectors,
+                EngineSettings(
+                    workers=settings.workers,
+                    queue_size=settings.queue_size,
+                    page_size=100,
+                    overlap=timedelta(seconds=settings.overlap),
+                ),
+                Backoff(base_seconds=settings.retry_backoff, max_attempts=settings.max_attempts),
+            )
+            yield App(settings, mapping, pool, engine, connectors)
+        finally:
+            await session.close()

@@ -1,0 +1,259 @@
+"""Command line: the daemon, one-off passes, the state and the retry queue, the demo, the sandbox.
+
+Exit codes: 0 done; 1 a fatal error (credentials refused, no database); 2 bad configuration or
+usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import orjson
+
+from crmsyncd.app import DatabaseUnavailable, open_app, open_database
+from crmsyncd.config import ConfigError, Settings, load_settings
+from crmsyncd.domain.mapping import MappingError
+from crmsyncd.engine.sync import PassReport
+from crmsyncd.observability.logging import configure_logging
+from crmsyncd.store.errors import Backoff, ErrorStore
+from crmsyncd.store.pairs import CursorStore, PairStore
+from crmsyncd.store.runs import RunStore
+
+EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crmsyncd",
+        description="Keep contacts and deals in step between ECOSIRE and a CRM, both ways. "
+        "Configured by environment variables (see the README); state in PostgreSQL.",
+        epilog="Exit codes: 0 done, 1 fatal error (credentials refused, no database), "
+        "2 bad configuration or usage.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="the daemon: migrate, sync every CRMSYNCD_SYNC_INTERVAL, retry parked records")
+    sync = sub.add_parser("sync", help="one pass of both directions, then exit")
+    sync.add_argument("--once", action="store_true", required=True, help="run one pass and exit (required)")
+    sync.add_argument(
+        "--entity", action="append", help="only this entity (repeatable); default CRMSYNCD_ENTITIES"
+    )
+    retry = sub.add_parser("retry", help="retry parked records whose time has come, then exit")
+    retry.add_argument(
+        "--once", action="store_true", required=True, help="one retry pass and exit (required)"
+    )
+    retry.add_argument("--all", action="store_true", help="retry every pending record, due or not")
+    status = sub.add_parser("status", help="cursors, mapped pairs, queue counts and the last pass")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    errors = sub.add_parser("errors", help="the retry queue")
+    errors_sub = errors.add_subparsers(dest="errors_command", required=True, metavar="ACTION")
+    listing = errors_sub.add_parser("list", help="open rows of the retry queue")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument("--dead", action="store_true", help="only rows past the attempt limit")
+    replay = errors_sub.add_parser("replay", help="retry rows now with a fresh attempt budget")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?", type=int, help="the row's id (see errors list)")
+    target.add_argument("--all", action="store_true", help="every open row, dead ones included")
+    sub.add_parser("migrate", help="apply the database migrations, then exit")
+    demo = sub.add_parser(
+        "demo", help="embedded PostgreSQL and both sandbox APIs in process, seeded; sync and report"
+    )
+    demo.add_argument("--contacts", type=int, default=300, help="contacts per side (default 300)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the data set")
+    demo.add_argument(
+        "--rate-limit",
+        type=int,
+        default=3000,
+        help="ECOSIRE requests per minute in the sandbox (the real API allows 60)",
+    )
+    sandbox = sub.add_parser("sandbox", help="serve fake ECOSIRE and CRM APIs on loopback for manual tries")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--ecosire-port", type=int, default=8081)
+    sandbox.add_argument("--crm-port", type=int, default=8082)
+    sandbox.add_argument("--seed-demo", action="store_true", help="load the demo data set")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"crmsyncd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    secrets = [
+        s.get_secret_value()
+        for s in (settings.ecosire_api_key, settings.crm_api_key, settings.database_url)
+        if s is not None
+    ]
+    configure_logging(settings.log_level, settings.log_format, secrets)
+    command: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]] = COMMANDS[args.command]
+    try:
+        return asyncio.run(command(args, settings))
+    except (ConfigError, MappingError) as exc:
+        print(f"crmsyncd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DatabaseUnavailable as exc:
+        print(f"crmsyncd: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        return 130
+
+
+def _report_exit(report: PassReport) -> int:
+    if report.status == "failed":
+        print(f"crmsyncd: {report.kind} pass failed: {report.error}", file=sys.stderr)
+        return EXIT_FATAL
+    return EXIT_OK
+
+
+async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from crmsyncd.daemon import run_daemon
+
+    return await run_daemon(settings)
+
+
+async def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_app(settings) as app:
+        report = await app.engine.sync_pass(app.select(args.entity))
+    return _report_exit(report)
+
+
+async def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_app(settings) as app:
+        report = await app.engine.retry_pass(app.entities, include_not_due=args.all)
+    return _report_exit(report)
+
+
+async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from crmsyncd.store.migrate import migrate
+
+    async with open_database(settings, apply_migrations=False) as pool:
+        applied = await migrate(pool)
+    print(f"migrations applied: {applied or 'none, the schema is current'}")
+    return EXIT_OK
+
+
+async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_database(settings) as pool:
+        cursors = await CursorStore(pool).all()
+        pairs = await PairStore(pool).counts()
+        queue = await ErrorStore(pool, Backoff()).counts()
+        last = await RunStore(pool).last("sync")
+    doc: dict[str, Any] = {
+        "cursors": [
+            {
+                "entity": c["entity"],
+                "side": c["side"],
+                "updated_at": c["updated_at"].isoformat(),
+                "record_id": c["record_id"],
+            }
+            for c in cursors
+        ],
+        "pairs": [dict(p) for p in pairs],
+        "errors": queue,
+        "last_pass": None
+        if last is None
+        else {
+            "id": last["id"],
+            "status": last["status"],
+            "started_at": last["started_at"].isoformat(),
+            "finished_at": last["finished_at"].isoformat() if last["finished_at"] else None,
+            "counts": last["counts"],
+            "requests": last["requests"],
+            "error": last["error"],
+        },
+    }
+    if args.json:
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    print("mapped records:")
+    for p in doc["pairs"]:
+        print(
+            f"  {p['entity']:<10} linked {p['linked']:>7}  unlinked {p['unlinked']:>5}  "
+            f"pending {p['pending']:>5}  parked {p['parked']:>5}"
+        )
+    print("cursors:")
+    for c in doc["cursors"]:
+        print(f"  {c['entity']:<10} {c['side']:<8} {c['updated_at']}  {c['record_id']}")
+    print(f"retry queue: {queue['pending']} pending, {queue['dead']} dead, {queue['resolved']} resolved")
+    lp = doc["last_pass"]
+    print(
+        "last pass: "
+        + (
+            "none yet"
+            if lp is None
+            else f"#{lp['id']} {lp['status']} at {lp['started_at']} requests {lp['requests']}"
+        )
+    )
+    return EXIT_OK
+
+
+async def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
+    if args.errors_command == "list":
+        async with open_database(settings) as pool:
+            rows = await ErrorStore(pool, Backoff()).list(dead_only=args.dead)
+        items = [
+            {
+                "id": r["id"],
+                "entity": r["entity"],
+                "side": r["side"],
+                "record_id": r["record_id"],
+                "reason": r["reason"],
+                "error_class": r["error_class"],
+                "attempts": r["attempts"],
+                "status": r["status"],
+                "next_attempt_at": r["next_attempt_at"].isoformat(),
+            }
+            for r in rows
+        ]
+        if args.json:
+            print(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
+        elif not items:
+            print("the retry queue is empty")
+        else:
+            print(f"{'id':>6}  {'entity':<9} {'side':<8} {'record':<38} {'tries':>5}  {'status':<8} reason")
+            for i in items:
+                print(
+                    f"{i['id']:>6}  {i['entity']:<9} {i['side']:<8} {i['record_id']:<38} "
+                    f"{i['attempts']:>5}  {i['status']:<8} {i['reason']}"
+                )
+        return EXIT_OK
+    async with open_app(settings) as app:
+        count = await app.engine.errors.replay(None if args.all else [args.id])
+        if count == 0:
+            print(f"crmsyncd: no open error row {'' if args.all else args.id}".rstrip(), file=sys.stderr)
+            return EXIT_FATAL if not args.all else EXIT_OK
+        report = await app.engine.retry_pass(app.entities)
+    print(
+        f"replayed {count} row(s): {report.counts.retried_ok} resolved, "
+        f"{sum(report.counts.parked.values())} parked again"
+    )
+    return _report_exit(report)
+
+
+async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from crmsyncd.demo import run_demo
+
+    return await run_demo(settings, contacts=args.contacts, seed=args.seed, rate_limit=args.rate_limit)
+
+
+async def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
+    from crmsyncd.sandbox import run_sandbox
+
+    await run_sandbox(args.host, args.ecosire_port, args.crm_port, args.seed_demo)
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
+    "run": cmd_run,
+    "sync": cmd_sync,
+    "retry": cmd_retry,
+    "status": cmd_status,
+    "errors": cmd_errors,
+    "migrate": cmd_migrate,
+    "demo": cmd_demo,
+    "sandbox": cmd_sandbox,
+}

@@ -1,0 +1,128 @@
+"""Settings from the environment, validated once at start-up by pydantic-settings.
+
+Every problem is reported by the variable's name with what was expected; secrets are SecretStr
+and their values never appear in a message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RESERVED_CRMS = ("hubspot", "salesforce", "pipedrive")
+
+
+class ConfigError(Exception):
+    """Bad configuration; each line names a variable and the reason. The CLI exits 2 on it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+        self.problems = problems
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False, frozen=True)
+
+    database_url: SecretStr | None = Field(None, validation_alias="CRMSYNCD_DATABASE_URL")
+    data_dir: Path = Field(Path.home() / ".crmsyncd", validation_alias="CRMSYNCD_DATA_DIR")
+    ecosire_api_url: str = Field("https://api.ecosire.com/api", validation_alias="ECOSIRE_API_URL")
+    ecosire_api_key: SecretStr | None = Field(None, validation_alias="ECOSIRE_API_KEY")
+    ecosire_rate_limit: Annotated[int, Field(gt=0)] = Field(60, validation_alias="ECOSIRE_RATE_LIMIT")
+    crm: Literal["rest", "hubspot", "salesforce", "pipedrive"] = Field(
+        "rest", validation_alias="CRMSYNCD_CRM"
+    )
+    crm_api_url: str | None = Field(None, validation_alias="CRM_API_URL")
+    crm_api_key: SecretStr | None = Field(None, validation_alias="CRM_API_KEY")
+    crm_rate_limit: Annotated[int, Field(gt=0)] | None = Field(None, validation_alias="CRM_RATE_LIMIT")
+    crm_resource_paths: str = Field("contacts=/contacts,deals=/deals", validation_alias="CRM_RESOURCE_PATHS")
+    crm_id_field: str = Field("id", validation_alias="CRM_ID_FIELD")
+    crm_updated_field: str = Field("updatedAt", validation_alias="CRM_UPDATED_FIELD")
+    crm_updated_after_param: str = Field("updatedAfter", validation_alias="CRM_UPDATED_AFTER_PARAM")
+    crm_page_param: str = Field("page", validation_alias="CRM_PAGE_PARAM")
+    crm_limit_param: str = Field("limit", validation_alias="CRM_LIMIT_PARAM")
+    crm_page_size: Annotated[int, Field(gt=0, le=1000)] = Field(100, validation_alias="CRM_PAGE_SIZE")
+    mapping: Path | None = Field(None, validation_alias="CRMSYNCD_MAPPING")
+    entities_text: str = Field("contacts,deals", validation_alias="CRMSYNCD_ENTITIES")
+    sync_interval: Annotated[float, Field(gt=0)] = Field(300.0, validation_alias="CRMSYNCD_SYNC_INTERVAL")
+    retry_interval: Annotated[float, Field(gt=0)] = Field(1800.0, validation_alias="CRMSYNCD_RETRY_INTERVAL")
+    retry_backoff: Annotated[float, Field(gt=0)] = Field(60.0, validation_alias="CRMSYNCD_RETRY_BACKOFF")
+    max_attempts: Annotated[int, Field(ge=1)] = Field(5, validation_alias="CRMSYNCD_MAX_ATTEMPTS")
+    workers: Annotated[int, Field(ge=1, le=256)] = Field(8, validation_alias="CRMSYNCD_WORKERS")
+    queue_size: Annotated[int, Field(ge=1)] = Field(200, validation_alias="CRMSYNCD_QUEUE_SIZE")
+    overlap: Annotated[float, Field(ge=0)] = Field(2.0, validation_alias="CRMSYNCD_OVERLAP")
+    http_timeout: Annotated[float, Field(gt=0)] = Field(30.0, validation_alias="CRMSYNCD_HTTP_TIMEOUT")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", validation_alias="CRMSYNCD_LOG_LEVEL"
+    )
+    log_format: Literal["json", "console"] = Field("json", validation_alias="CRMSYNCD_LOG_FORMAT")
+
+    @field_validator("log_level", "crm", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("crm_api_url", "ecosire_api_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @property
+    def entities(self) -> list[str]:
+        return [e.strip() for e in self.entities_text.split(",") if e.strip()]
+
+    @property
+    def crm_paths(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.crm_resource_paths.split(",") if item)
+
+    def require_remotes(self) -> None:
+        """The remote settings that commands talking to both APIs need."""
+        problems = []
+        if self.ecosire_api_key is None or not self.ecosire_api_key.get_secret_value().strip():
+            problems.append("ECOSIRE_API_KEY: required, the ECOSIRE API key (eco_live_...)")
+        if self.crm in RESERVED_CRMS:
+            problems.append(
+                f"CRMSYNCD_CRM: {self.crm!r} is reserved for a connector that is not built yet; use 'rest'"
+            )
+        if self.crm_api_url is None:
+            problems.append("CRM_API_URL: required, the CRM's base URL (e.g. https://crm.example/api)")
+        if self.crm_api_key is None or not self.crm_api_key.get_secret_value().strip():
+            problems.append("CRM_API_KEY: required, the CRM's API key")
+        if problems:
+            raise ConfigError(problems)
+
+
+def load_settings() -> Settings:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+    problems = []
+    if not settings.entities:
+        problems.append("CRMSYNCD_ENTITIES: expected a comma-separated list such as contacts,deals")
+    for item in settings.crm_resource_paths.split(","):
+        if item and ("=" not in item or not item.split("=", 1)[1].startswith("/")):
+            problems.append(
+                f"CRM_RESOURCE_PATHS: expected entity=/path pairs separated by commas, got {item!r}"
+            )
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+_SECRET_VARS = {"ECOSIRE_API_KEY", "CRM_API_KEY", "CRMSYNCD_DATABASE_URL"}
+
+
+def _describe(err: Any) -> str:
+    name = ".".join(str(part) for part in err["loc"]) or "settings"
+    message = str(err["msg"])
+    if name in _SECRET_VARS or "input" not in err:
+        return f"{name}: {message}"
+    shown = repr(err["input"])
+    return f"{name}: {message} (got {shown[:60]})"

@@ -1,0 +1,116 @@
+"""The small interface every connector offers the engine, and the one classification of responses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from crmsyncd.domain.records import JSON, Side
+
+
+class Outcome(StrEnum):
+    """What the engine should do about a response; decided once, in the connector."""
+
+    OK = "ok"
+    RETRY = "retry"  # transient: 5xx, timeout, reset, malformed answer
+    RATE_LIMITED = "rate_limited"  # 429 that outlasted the connector's own waiting
+    PERMANENT = "permanent"  # 400/422: this payload will never be accepted
+    NOT_FOUND = "not_found"  # 404: the mapping is stale, deleted on that side
+    CONFLICT = "conflict"  # 409: a unique value (email) is taken: link instead of create
+    AUTH_FAILED = "auth_failed"  # 401/403: stop the pass, retrying will not help
+
+
+class ConnectorError(Exception):
+    """A failed call, classified. The text carries the API's own message, never a credential."""
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        message: str,
+        *,
+        side: Side,
+        status: int | None = None,
+        method: str = "",
+        path: str = "",
+        committed_maybe: bool = False,
+    ) -> None:
+        where = f"{method} {path}".strip()
+        status_text = f" {status}" if status is not None else ""
+        super().__init__(f"{side.value}{status_text} {where}: {message}".replace("  ", " "))
+        self.outcome = outcome
+        self.message = message
+        self.side = side
+        self.status = status
+        self.method = method
+        self.path = path
+        # True when a write may have been applied although we saw no success (timeout, reset, 5xx):
+        # the engine must look the record up before it tries a create again.
+        self.committed_maybe = committed_maybe
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    records: list[JSON]
+    page: int
+    total_pages: int
+    total: int
+    # The server's own clock (its Date header), used as the pass's signpost so skew cannot hide changes.
+    server_time: datetime | None = None
+
+
+@dataclass(slots=True)
+class RequestStats:
+    """Requests a connector made, by kind; the figure of merit is requests per synced record."""
+
+    lists: int = 0
+    reads: int = 0
+    creates: int = 0
+    updates: int = 0
+    deletes: int = 0
+    lookups: int = 0
+    rate_limited: int = 0
+    retried: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.lists + self.reads + self.creates + self.updates + self.deletes + self.lookups
+
+
+class Connector(Protocol):
+    """One remote system. Resources are the API's collection names (contacts, deals)."""
+
+    side: Side
+    id_field: str
+    updated_field: str
+    stats: RequestStats
+
+    async def list_page(
+        self, resource: str, *, updated_after: datetime | None, page: int, limit: int
+    ) -> Page:
+        """Records changed strictly after `updated_after`, sorted by updated-at ascending."""
+
+    async def get(self, resource: str, record_id: str) -> JSON:
+        """One record; ConnectorError(NOT_FOUND) when it is gone."""
+
+    async def create(self, resource: str, body: JSON) -> JSON:
+        """The created record, with its new id."""
+
+    async def update(self, resource: str, record_id: str, body: JSON) -> JSON:
+        """Partial update; the full updated record."""
+
+    async def delete(self, resource: str, record_id: str) -> None: ...
+
+    async def find_by_field(self, resource: str, field: str, value: str) -> list[JSON]:
+        """Records whose `field` equals `value`, compared trimmed and case-insensitively."""
+
+    async def close(self) -> None: ...
+
+
+def body_id(body: JSON, id_field: str) -> str:
+    value: Any = body.get(id_field)
+    if not isinstance(value, str | int) or isinstance(value, bool) or value == "":
+        raise ValueError(f"record has no usable {id_field!r}")
+    return str(value)

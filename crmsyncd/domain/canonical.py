@@ -1,0 +1,139 @@
+"""Translation between each side's record body and the canonical values the merge works on.
+
+Canonical values are ECOSIRE's representation (integer minor units, lower-case currency, ECOSIRE
+ids for references); sets are sorted lists so that equality means "same set"."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any
+
+from crmsyncd.domain.mapping import EntitySpec, FieldSpec, Transform
+from crmsyncd.domain.records import JSON, BadRecord, Side
+
+Values = dict[str, Any]
+# (entity, side the id belongs to, id) -> the counterpart's id on the other side
+RefTable = Mapping[tuple[str, Side, str], str]
+
+
+class UnresolvedReference(Exception):
+    """A reference to a record not linked yet; transient, since the target may link later."""
+
+    def __init__(self, field: str, entity: str, side: Side, record_id: str) -> None:
+        super().__init__(
+            f"field {field!r}: {side.value} {entity} {record_id!r} is not linked to a "
+            f"{side.other.value} record yet"
+        )
+        self.field = field
+
+
+def normalise_key(value: Any) -> str | None:
+    """The natural key: trimmed and case-folded; empty is no key."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().casefold()
+    return text or None
+
+
+def ref_ids(entity: EntitySpec, side: Side, body: JSON) -> list[tuple[str, Side, str]]:
+    """References of a CRM body that must be translated to ECOSIRE ids before canonicalising."""
+    if side is Side.ECOSIRE:
+        return []
+    found = []
+    for spec in entity.refs:
+        value = body.get(spec.crm)
+        if isinstance(value, str | int) and not isinstance(value, bool) and value != "":
+            found.append((spec.ref_entity or "", Side.CRM, str(value)))
+    return found
+
+
+def canonicalize(entity: EntitySpec, side: Side, body: JSON, refs: RefTable) -> Values:
+    values: Values = {}
+    for spec in entity.fields:
+        raw = body.get(spec.remote_name(side))
+        values[spec.name] = _to_canonical(spec, side, raw, refs)
+    return values
+
+
+def to_remote(entity: EntitySpec, side: Side, values: Mapping[str, Any], refs: RefTable) -> JSON:
+    """A body for `side` holding the given canonical values, under that side's field names."""
+    body: JSON = {}
+    for name, value in values.items():
+        spec = entity.field(name)
+        body[spec.remote_name(side)] = _from_canonical(spec, side, value, refs)
+    return body
+
+
+def _to_canonical(spec: FieldSpec, side: Side, raw: Any, refs: RefTable) -> Any:
+    name = spec.remote_name(side)
+    if spec.is_set:
+        if raw is None:
+            return []
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise BadRecord(name, f"expected a list of strings, got {_kind(raw)}")
+        return sorted(set(raw))
+    if raw is None:
+        return None
+    match spec.transform:
+        case Transform.NONE:
+            return raw
+        case Transform.UPPER | Transform.LOWER:
+            if not isinstance(raw, str):
+                raise BadRecord(name, f"expected a string, got {_kind(raw)}")
+            return raw.lower() if spec.transform is Transform.UPPER else raw.upper()
+        case Transform.MINOR_UNITS:
+            return _minor_units(name, side, raw)
+        case Transform.REF:
+            if isinstance(raw, bool) or not isinstance(raw, str | int):
+                raise BadRecord(name, f"expected an id, got {_kind(raw)}")
+            if side is Side.ECOSIRE:
+                return str(raw)
+            target = refs.get((spec.ref_entity or "", Side.CRM, str(raw)))
+            if target is None:
+                raise UnresolvedReference(name, spec.ref_entity or "", Side.CRM, str(raw))
+            return target
+    raise AssertionError(spec.transform)  # pragma: no cover - the match is exhaustive
+
+
+def _from_canonical(spec: FieldSpec, side: Side, value: Any, refs: RefTable) -> Any:
+    if value is None or spec.is_set or side is Side.ECOSIRE:
+        return value
+    match spec.transform:
+        case Transform.NONE:
+            return value
+        case Transform.UPPER:
+            return str(value).upper()
+        case Transform.LOWER:
+            return str(value).lower()
+        case Transform.MINOR_UNITS:
+            amount = Decimal(int(value)) / 100
+            return int(amount) if amount == amount.to_integral_value() else float(amount)
+        case Transform.REF:
+            target = refs.get((spec.ref_entity or "", Side.ECOSIRE, str(value)))
+            if target is None:
+                raise UnresolvedReference(spec.name, spec.ref_entity or "", Side.ECOSIRE, str(value))
+            return target
+    raise AssertionError(spec.transform)  # pragma: no cover
+
+
+def _minor_units(name: str, side: Side, raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise BadRecord(name, "expected a number, got bool")
+    if side is Side.ECOSIRE:
+        if not isinstance(raw, int):
+            raise BadRecord(name, f"expected integer minor units, got {_kind(raw)}")
+        return raw
+    if not isinstance(raw, int | float | str):
+        raise BadRecord(name, f"expected a decimal amount, got {_kind(raw)}")
+    try:
+        amount = Decimal(str(raw))
+    except InvalidOperation:
+        raise BadRecord(name, f"expected a decimal amount, got {str(raw)[:40]!r}") from None
+    if not amount.is_finite():
+        raise BadRecord(name, "expected a finite amount")
+    return int((amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__

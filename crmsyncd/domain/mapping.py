@@ -1,0 +1,289 @@
+"""The mapping: per entity, the resource on each side, the match key, and per field its names,
+direction, conflict rule and transform. Loaded from TOML and validated once, with errors that
+name the file, the key and the reason."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from crmsyncd.domain.records import Side
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class Direction(StrEnum):
+    BOTH = "both"
+    ECOSIRE_TO_CRM = "ecosire_to_crm"
+    CRM_TO_ECOSIRE = "crm_to_ecosire"
+
+    def flows_to(self, target: Side) -> bool:
+        if self is Direction.BOTH:
+            return True
+        return (self is Direction.ECOSIRE_TO_CRM) == (target is Side.CRM)
+
+
+class Rule(StrEnum):
+    LAST_UPDATED_WINS = "last_updated_wins"
+    ECOSIRE_WINS = "ecosire_wins"
+    CRM_WINS = "crm_wins"
+    UNION = "union"
+
+
+class Transform(StrEnum):
+    NONE = "none"
+    MINOR_UNITS = "minor_units"  # ECOSIRE integer minor units <-> CRM decimal amount
+    UPPER = "upper"  # canonical lower case, CRM upper case (ISO 4217 codes)
+    LOWER = "lower"  # canonical upper case, CRM lower case
+    REF = "ref"  # an id of another entity, translated through that entity's record map
+
+
+class DeletePolicy(StrEnum):
+    PROPAGATE = "propagate"
+    IGNORE = "ignore"
+    FLAG = "flag"
+
+
+class MappingError(ValueError):
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {reason}")
+        self.source = source
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    name: str  # canonical name
+    ecosire: str
+    crm: str
+    direction: Direction
+    rule: Rule
+    transform: Transform = Transform.NONE
+    ref_entity: str | None = None
+
+    def remote_name(self, side: Side) -> str:
+        return self.ecosire if side is Side.ECOSIRE else self.crm
+
+    @property
+    def is_set(self) -> bool:
+        return self.rule is Rule.UNION
+
+
+@dataclass(frozen=True, slots=True)
+class EntitySpec:
+    name: str
+    ecosire: str  # resource (collection) on ECOSIRE
+    crm: str  # resource on the CRM
+    fields: tuple[FieldSpec, ...]
+    match_key: str | None = None  # canonical field whose normalised value links records
+    depends_on: tuple[str, ...] = ()
+    delete_policy: DeletePolicy = DeletePolicy.FLAG
+
+    def resource(self, side: Side) -> str:
+        return self.ecosire if side is Side.ECOSIRE else self.crm
+
+    def field(self, name: str) -> FieldSpec:
+        for spec in self.fields:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    @property
+    def refs(self) -> tuple[FieldSpec, ...]:
+        return tuple(f for f in self.fields if f.transform is Transform.REF)
+
+
+@dataclass(frozen=True, slots=True)
+class MappingSpec:
+    source: str
+    entities: tuple[EntitySpec, ...]
+
+    def entity(self, name: str) -> EntitySpec:
+        for spec in self.entities:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def select(self, names: list[str]) -> tuple[EntitySpec, ...]:
+        """The named entities in dependency order (contacts before the deals that refer to them)."""
+        known = {e.name for e in self.entities}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise MappingError(self.source, "entities", f"no mapping for {', '.join(unknown)}")
+        return tuple(e for e in self.entities if e.name in names)
+
+
+DEFAULT_MAPPING = "built-in default mapping"
+
+
+def load_mapping(path: Path | None = None) -> MappingSpec:
+    if path is None:
+        text = resources.files("crmsyncd.domain").joinpath("default_mapping.toml").read_text("utf-8")
+        return parse_mapping(text, DEFAULT_MAPPING)
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise MappingError(str(path), "", f"cannot read the file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise MappingError(str(path), "", "the file is not UTF-8 text") from None
+    return parse_mapping(text, str(path))
+
+
+def parse_mapping(text: str, source: str) -> MappingSpec:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already carries "(at line N, column M)".
+        raise MappingError(source, "", f"invalid TOML: {exc}") from None
+    entities_doc = doc.get("entities")
+    if not isinstance(entities_doc, dict) or not entities_doc:
+        raise MappingError(source, "entities", "expected a table [entities.NAME] per entity")
+    unknown_top = sorted(set(doc) - {"entities"})
+    if unknown_top:
+        raise MappingError(source, unknown_top[0], "unknown key (expected only [entities.*])")
+    entities = [_parse_entity(source, name, body) for name, body in entities_doc.items()]
+    _check_references(source, entities)
+    return MappingSpec(source, tuple(_dependency_order(source, entities)))
+
+
+_ENTITY_KEYS = {"ecosire", "crm", "match_key", "depends_on", "delete_policy", "fields"}
+_FIELD_KEYS = {"ecosire", "crm", "direction", "rule", "transform"}
+
+
+def _parse_entity(source: str, name: str, body: Any) -> EntitySpec:
+    key = f"entities.{name}"
+    if not isinstance(body, dict):
+        raise MappingError(source, key, "expected a table")
+    _reject_unknown(source, key, body, _ENTITY_KEYS)
+    fields_doc = body.get("fields")
+    if not isinstance(fields_doc, dict) or not fields_doc:
+        raise MappingError(source, f"{key}.fields", "expected at least one [..fields.NAME] table")
+    fields = tuple(
+        _parse_field(source, f"{key}.fields.{fname}", fname, fbody) for fname, fbody in fields_doc.items()
+    )
+    for side in Side:
+        names = [f.remote_name(side) for f in fields]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise MappingError(source, f"{key}.fields", f"{side.value} field {dupes[0]!r} mapped twice")
+    match_key = body.get("match_key")
+    if match_key is not None and (not isinstance(match_key, str) or match_key not in fields_doc):
+        raise MappingError(
+            source,
+            f"{key}.match_key",
+            f"expected the name of one of this entity's fields, got {match_key!r}",
+        )
+    depends = body.get("depends_on", [])
+    if not isinstance(depends, list) or not all(isinstance(d, str) for d in depends):
+        raise MappingError(source, f"{key}.depends_on", "expected a list of entity names")
+    return EntitySpec(
+        name=name,
+        ecosire=_string(source, f"{key}.ecosire", body.get("ecosire", name)),
+        crm=_string(source, f"{key}.crm", body.get("crm", name)),
+        fields=fields,
+        match_key=match_key,
+        depends_on=tuple(depends),
+        delete_policy=_choice(
+            source, f"{key}.delete_policy", body.get("delete_policy", "flag"), DeletePolicy
+        ),
+    )
+
+
+def _parse_field(source: str, key: str, name: str, body: Any) -> FieldSpec:
+    if not isinstance(body, dict):
+        raise MappingError(source, key, "expected a table")
+    _reject_unknown(source, key, body, _FIELD_KEYS)
+    for required in ("ecosire", "crm", "direction", "rule"):
+        if required not in body:
+            raise MappingError(source, f"{key}.{required}", "missing")
+    transform_text = _string(source, f"{key}.transform", body.get("transform", "none"))
+    ref_entity: str | None = None
+    if transform_text.startswith("ref:"):
+        ref_entity = transform_text[4:]
+        if not ref_entity:
+            raise MappingError(source, f"{key}.transform", "expected ref:ENTITY")
+        transform = Transform.REF
+    else:
+        transform = _choice(source, f"{key}.transform", transform_text, Transform)
+        if transform is Transform.REF:
+            raise MappingError(source, f"{key}.transform", "expected ref:ENTITY")
+    rule = _choice(source, f"{key}.rule", body["rule"], Rule)
+    direction = _choice(source, f"{key}.direction", body["direction"], Direction)
+    if rule is Rule.UNION and transform is not Transform.NONE:
+        raise MappingError(source, f"{key}.transform", "a union field takes no transform")
+    return FieldSpec(
+        name=name,
+        ecosire=_string(source, f"{key}.ecosire", body["ecosire"]),
+        crm=_string(source, f"{key}.crm", body["crm"]),
+        direction=direction,
+        rule=rule,
+        transform=transform,
+        ref_entity=ref_entity,
+    )
+
+
+def _check_references(source: str, entities: list[EntitySpec]) -> None:
+    names = {e.name for e in entities}
+    for entity in entities:
+        for dep in entity.depends_on:
+            if dep not in names:
+                raise MappingError(source, f"entities.{entity.name}.depends_on", f"unknown entity {dep!r}")
+        for spec in entity.refs:
+            if spec.ref_entity not in names:
+                raise MappingError(
+                    source,
+                    f"entities.{entity.name}.fields.{spec.name}.transform",
+                    f"unknown entity {spec.ref_entity!r}",
+                )
+            if spec.ref_entity not in entity.depends_on:
+                raise MappingError(
+                    source,
+                    f"entities.{entity.name}.depends_on",
+                    f"must list {spec.ref_entity!r}, which field {spec.name!r} refers to",
+                )
+
+
+def _dependency_order(source: str, entities: list[EntitySpec]) -> list[EntitySpec]:
+    ordered: list[EntitySpec] = []
+    pending = list(entities)
+    while pending:
+        ready = [e for e in pending if all(d in {o.name for o in ordered} for d in e.depends_on)]
+        if not ready:
+            raise MappingError(
+                source,
+                "entities",
+                "depends_on forms a cycle: " + ", ".join(e.name for e in pending),
+            )
+        ordered.extend(ready)
+        pending = [e for e in pending if e not in ready]
+    return ordered
+
+
+def _reject_unknown(source: str, key: str, body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise MappingError(
+            source,
+            f"{key}.{unknown[0]}",
+            f"unknown key (expected one of {', '.join(sorted(allowed))})",
+        )
+
+
+def _string(source: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise MappingError(source, key, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(source: str, key: str, value: Any, enum: type[E]) -> E:
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in enum if m.value != "ref")
+        raise MappingError(source, key, f"expected one of {allowed}, got {value!r}") from None

@@ -1,0 +1,304 @@
+"""The worker's job for one claimed pair: merge, write what the rules say, and report the new
+state or the reason it failed. No database access here: the caller batches the bookkeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crmsyncd.connectors.base import Connector, ConnectorError, Outcome
+from crmsyncd.domain.canonical import (
+    RefTable,
+    UnresolvedReference,
+    canonicalize,
+    normalise_key,
+    ref_ids,
+    to_remote,
+)
+from crmsyncd.domain.mapping import EntitySpec
+from crmsyncd.domain.merge import MergeResult, SideView, merge
+from crmsyncd.domain.records import JSON, BadRecord, Side, parse_timestamp
+from crmsyncd.engine.counts import PassCounts
+from crmsyncd.store.errors import Failure
+from crmsyncd.store.pairs import Pair, Settled
+
+# Asks the store who already owns a remote record: the pair id, or None.
+OwnerLookup = Callable[[str, Side, str], Awaitable[int | None]]
+
+
+class AuthFailure(Exception):
+    """Credentials were refused: the pass stops, nothing is parked, nothing is lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    pair_id: int
+    failure: Failure
+    # A counterpart created before the failure: its id is recorded with the parking.
+    link: tuple[Side, str] | None = None
+
+
+class _AfterCreate(Exception):
+    def __init__(self, error: Exception, side: Side, record_id: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.side = side
+        self.record_id = record_id
+
+
+Result = Settled | Parked
+
+
+class PairWorker:
+    def __init__(
+        self,
+        entity: EntitySpec,
+        connectors: Mapping[Side, Connector],
+        owner_of: OwnerLookup,
+        counts: PassCounts,
+    ) -> None:
+        self.entity = entity
+        self.connectors = connectors
+        self.owner_of = owner_of
+        self.counts = counts
+
+    async def apply(self, pair: Pair, refs: RefTable) -> Result:
+        try:
+            return await self._apply(pair, refs)
+        except _AfterCreate as wrapped:
+            # The counterpart exists now: whatever failed after its creation, the link is kept,
+            # so that a retry updates it instead of creating a second one.
+            error = wrapped.error
+            if isinstance(error, ConnectorError) and error.outcome is Outcome.AUTH_FAILED:
+                # Parked with its link, not raised: the pass stops when the next call is refused.
+                error = ConnectorError(Outcome.RETRY, error.message, side=error.side, status=error.status)
+            parked = self._failure(pair, error)
+            return Parked(parked.pair_id, parked.failure, link=(wrapped.side, wrapped.record_id))
+
+    async def _apply(self, pair: Pair, refs: RefTable) -> Result:
+        try:
+            if pair.ecosire_id is not None and pair.crm_id is not None:
+                return await self._update(pair, refs)
+            return await self._create(pair, refs)
+        except (ConnectorError, BadRecord, UnresolvedReference) as exc:
+            return self._failure(pair, exc)
+
+    def _failure(self, pair: Pair, exc: Exception) -> Parked:
+        source = Side.ECOSIRE if pair.ecosire_pending is not None else Side.CRM
+        if isinstance(exc, ConnectorError):
+            if exc.outcome is Outcome.AUTH_FAILED:
+                raise AuthFailure(str(exc)) from None
+            return self._park(pair, source, _error_class(exc), str(exc), final=_final(exc))
+        if isinstance(exc, BadRecord):
+            return self._park(pair, source, "bad_record", f"{self._name(pair, source)}: {exc}")
+        return self._park(pair, source, "unresolved_reference", f"{self._name(pair, source)}: {exc}")
+
+    # -- linked pairs -------------------------------------------------------------------------
+
+    async def _update(self, pair: Pair, refs: RefTable) -> Result:
+        views = {side: self._view(pair, side, refs) for side in Side}
+        result = merge(self.entity, views[Side.ECOSIRE], views[Side.CRM])
+        await self._write(pair, result, views, refs)
+        return self._settled(pair, result, views)
+
+    async def _write(
+        self, pair: Pair, result: MergeResult, views: Mapping[Side, SideView], refs: RefTable
+    ) -> None:
+        for conflict in result.conflicts:
+            self.counts.conflicts[f"{conflict.field}:{conflict.rule.value}:{conflict.winner}"] += 1
+        for side in Side:
+            changes = result.writes[side]
+            record_id = pair.id_of(side)
+            if not changes or record_id is None:
+                continue
+            body = to_remote(self.entity, side, changes, refs)
+            await self.connectors[side].update(self.entity.resource(side), record_id, body)
+            self.counts.updated[side.value] += 1
+        if result.writes_nothing:
+            self.counts.unchanged += 1
+
+    def _settled(self, pair: Pair, result: MergeResult, views: Mapping[Side, SideView]) -> Settled:
+        snap = {side: result.snapshot(side, views[side]) for side in Side}
+        key_field = self.entity.match_key
+        return Settled(
+            pair_id=pair.id,
+            ecosire_id=pair.ecosire_id or "",
+            crm_id=pair.crm_id or "",
+            match_key=normalise_key(snap[Side.ECOSIRE].get(key_field)) if key_field else None,
+            ecosire_snapshot=snap[Side.ECOSIRE],
+            crm_snapshot=snap[Side.CRM],
+            ecosire_seen_at=views[Side.ECOSIRE].updated_at,
+            crm_seen_at=views[Side.CRM].updated_at,
+            ecosire_pending_at=pair.ecosire_pending_at,
+            crm_pending_at=pair.crm_pending_at,
+        )
+
+    def _view(self, pair: Pair, side: Side, refs: RefTable) -> SideView:
+        pending = pair.pending(side)
+        if pending is not None:
+            values = canonicalize(self.entity, side, pending, refs)
+            return SideView(values, pair.snapshot(side), pair.pending_at(side))
+        return SideView(pair.snapshot(side) or {}, pair.snapshot(side), pair.seen_at(side))
+
+    # -- records with no counterpart yet ------------------------------------------------------
+
+    async def _create(self, pair: Pair, refs: RefTable) -> Result:
+        source = Side.ECOSIRE if pair.ecosire_id is not None else Side.CRM
+        target = source.other
+        source_view = self._view(pair, source, refs)
+        connector = self.connectors[target]
+        resource = self.entity.resource(target)
+        counterpart: JSON | None = None
+        # More than one claim means an earlier attempt may have created the record and died
+        # before its bookkeeping: look before creating again.
+        if pair.attempts > 1:
+            counterpart = await self._find(pair, target)
+        linked = counterpart is not None
+        if counterpart is None:
+            values = {
+                spec.name: source_view.values.get(spec.name)
+                for spec in self.entity.fields
+                if spec.direction.flows_to(target) and source_view.values.get(spec.name) not in (None, [])
+            }
+            body = to_remote(self.entity, target, values, refs)
+            try:
+                counterpart = await connector.create(resource, body)
+            except ConnectorError as exc:
+                if exc.outcome is not Outcome.CONFLICT:
+                    raise
+                # The match key is taken on the target: the record exists, link to it.
+                counterpart = await self._find(pair, target)
+                if counterpart is None:
+                    raise
+                linked = True
+            else:
+                self.counts.created[target.value] += 1
+        target_id = str(counterpart.get(connector.id_field, ""))
+        if not target_id:
+            raise ConnectorError(
+                Outcome.RETRY, f"created {resource} record has no {connector.id_field!r}", side=target
+            )
+        try:
+            return await self._after_create(pair, refs, source, source_view, counterpart, target_id, linked)
+        except (ConnectorError, BadRecord, UnresolvedReference) as exc:
+            if linked:
+                raise
+            raise _AfterCreate(exc, target, target_id) from None
+
+    async def _after_create(
+        self,
+        pair: Pair,
+        refs: RefTable,
+        source: Side,
+        source_view: SideView,
+        counterpart: JSON,
+        target_id: str,
+        linked: bool,
+    ) -> Result:
+        target = source.other
+        connector = self.connectors[target]
+        if linked:
+            owner = await self.owner_of(self.entity.name, target, target_id)
+            if owner is not None and owner != pair.id:
+                return self._park(
+                    pair,
+                    source,
+                    "conflict",
+                    f"{self._name(pair, source)}: its match on {target.value} ({target_id}) is "
+                    f"already linked to another record (map row {owner})",
+                )
+            self.counts.linked += 1
+        stamp = _stamp(counterpart, connector.updated_field)
+        target_view = SideView(canonicalize(self.entity, target, counterpart, refs), None, stamp)
+        views = {source: source_view, target: target_view}
+        linked_pair = _with_id(pair, target, target_id)
+        result = merge(self.entity, views[Side.ECOSIRE], views[Side.CRM])
+        await self._write(linked_pair, result, views, refs)
+        return self._settled(linked_pair, result, views)
+
+    async def _find(self, pair: Pair, target: Side) -> JSON | None:
+        key_field = self.entity.match_key
+        if key_field is None or pair.match_key is None:
+            return None
+        spec = self.entity.field(key_field)
+        found = await self.connectors[target].find_by_field(
+            self.entity.resource(target), spec.remote_name(target), pair.match_key
+        )
+        matches = [r for r in found if normalise_key(r.get(spec.remote_name(target))) == pair.match_key]
+        if len(matches) > 1:
+            ids = ", ".join(str(r.get(self.connectors[target].id_field)) for r in matches)
+            raise ConnectorError(
+                Outcome.PERMANENT,
+                f"ambiguous match: {key_field} {pair.match_key!r} matches {target.value} records {ids}",
+                side=target,
+            )
+        return matches[0] if matches else None
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def _park(self, pair: Pair, side: Side, error_class: str, reason: str, *, final: bool = False) -> Parked:
+        if pair.id_of(side) is None:
+            side = side.other
+        payload: JSON = pair.pending(side) or pair.snapshot(side) or {}
+        self.counts.parked[error_class] += 1
+        return Parked(
+            pair.id,
+            Failure(
+                entity=self.entity.name,
+                side=side,
+                record_id=pair.id_of(side) or "",
+                map_id=pair.id,
+                payload=payload,
+                reason=reason,
+                error_class=error_class,
+                final=final,
+            ),
+        )
+
+    def _name(self, pair: Pair, side: Side) -> str:
+        return f"{side.value} {self.entity.name} {pair.id_of(side) or pair.id_of(side.other)}"
+
+
+def wanted_refs(entity: EntitySpec, batch: Sequence[Pair]) -> list[tuple[str, Side, str]]:
+    """References a claimed batch may need translated, in either direction, for one lookup."""
+    wanted: list[tuple[str, Side, str]] = []
+    for pair in batch:
+        if pair.crm_pending is not None:
+            wanted.extend(ref_ids(entity, Side.CRM, pair.crm_pending))
+        for spec in entity.refs:
+            for holder in (pair.ecosire_pending, pair.ecosire_snapshot, pair.crm_snapshot):
+                key = spec.ecosire if holder is pair.ecosire_pending else spec.name
+                value = (holder or {}).get(key)
+                if isinstance(value, str) and value:
+                    wanted.append((spec.ref_entity or "", Side.ECOSIRE, value))
+    return wanted
+
+
+def _with_id(pair: Pair, side: Side, record_id: str) -> Pair:
+    fields: dict[str, Any] = {name: getattr(pair, name) for name in Pair.__slots__}
+    fields[f"{side.value}_id"] = record_id
+    return Pair(**fields)
+
+
+def _stamp(body: JSON, field: str) -> Any:
+    try:
+        return parse_timestamp(body.get(field), field)
+    except BadRecord:
+        return None
+
+
+def _error_class(exc: ConnectorError) -> str:
+    return {
+        Outcome.PERMANENT: "rejected",
+        Outcome.CONFLICT: "conflict",
+        Outcome.NOT_FOUND: "not_found",
+        Outcome.RETRY: "transient",
+        Outcome.RATE_LIMITED: "rate_limited",
+    }.get(exc.outcome, exc.outcome.value)
+
+
+def _final(exc: ConnectorError) -> bool:
+    # A record deleted on one side is flagged (the default delete policy) and kept visible as a
+    # dead row: retrying a write to a deleted record would only resurrect or fail it again.
+    return exc.outcome is Outcome.NOT_FOUND

@@ -1,0 +1,46 @@
+"""What a pass did, counted as it goes, for the summary line, the run history and the demo."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class PassCounts:
+    seen: Counter[str] = field(default_factory=Counter)  # by side
+    echoes: int = 0  # records whose mapped values equal what we last wrote: nothing to do
+    staged: int = 0
+    linked: int = 0  # pairs formed by the match key instead of a create
+    created: Counter[str] = field(default_factory=Counter)  # by side written
+    updated: Counter[str] = field(default_factory=Counter)  # by side written
+    unchanged: int = 0  # merged pairs needing no write
+    conflicts: Counter[str] = field(default_factory=Counter)  # by "field:rule:winner"
+    parked: Counter[str] = field(default_factory=Counter)  # by error class
+    retried_ok: int = 0
+
+    @property
+    def writes(self) -> int:
+        return sum(self.created.values()) + sum(self.updated.values())
+
+    def add(self, other: PassCounts) -> None:
+        for name in ("seen", "created", "updated", "conflicts", "parked"):
+            getattr(self, name).update(getattr(other, name))
+        for name in ("echoes", "staged", "linked", "unchanged", "retried_ok"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seen": dict(self.seen),
+            "echoes": self.echoes,
+            "staged": self.staged,
+            "linked": self.linked,
+            "created": dict(self.created),
+            "updated": dict(self.updated),
+            "unchanged": self.unchanged,
+            "conflicts": dict(self.conflicts),
+            "parked": dict(self.parked),
+            "retried_ok": self.retried_ok,
+            "writes": self.writes,
+        }

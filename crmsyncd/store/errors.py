@@ -1,0 +1,164 @@
+"""The retry queue: failed records with their reason and payload, backoff, dead letters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from crmsyncd.domain.records import JSON, Side
+from crmsyncd.store.db import Executor, Pool
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    entity: str
+    side: Side
+    record_id: str
+    map_id: int | None
+    payload: JSON
+    reason: str
+    error_class: str
+    # Permanent verdicts that no retry can change (a deleted record, flagged): dead at once.
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    base_seconds: float = 60.0
+    cap_seconds: float = 6 * 3600.0
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRow:
+    id: int
+    entity: str
+    side: Side
+    record_id: str
+    map_id: int | None
+    payload: JSON
+    reason: str
+    error_class: str
+    attempts: int
+    status: str
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> ErrorRow:
+        return cls(
+            id=row["id"],
+            entity=row["entity"],
+            side=Side(row["side"]),
+            record_id=row["record_id"],
+            map_id=row["map_id"],
+            payload=row["payload"],
+            reason=row["reason"],
+            error_class=row["error_class"],
+            attempts=row["attempts"],
+            status=row["status"],
+        )
+
+
+_COLUMNS = "id, entity, side, record_id, map_id, payload, reason, error_class, attempts, status"
+
+
+class ErrorStore:
+    def __init__(self, pool: Pool, backoff: Backoff) -> None:
+        self.pool = pool
+        self.backoff = backoff
+
+    async def park(self, conn: Executor, failures: Sequence[Failure]) -> None:
+        """One open row per record: a repeat failure counts an attempt and pushes the next one
+        out exponentially, with full jitter so that parked records do not retry in lockstep."""
+        if not failures:
+            return
+        await conn.execute(
+            """
+            INSERT INTO sync_error AS e (entity, side, record_id, map_id, payload, reason,
+                                         error_class, status, next_attempt_at)
+            SELECT u.entity, u.side, u.rid, u.map_id, u.payload, u.reason, u.cls,
+                   CASE WHEN u.final OR $9 <= 1 THEN 'dead' ELSE 'pending' END,
+                   now() + make_interval(secs => least($11, $10 * random()))
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[], $6::text[],
+                        $7::text[], $8::bool[])
+                 AS u(entity, side, rid, map_id, payload, reason, cls, final)
+            ON CONFLICT (entity, side, record_id) WHERE status <> 'resolved' DO UPDATE SET
+                attempts = e.attempts + 1,
+                map_id = coalesce(EXCLUDED.map_id, e.map_id),
+                payload = EXCLUDED.payload,
+                reason = EXCLUDED.reason,
+                error_class = EXCLUDED.error_class,
+                status = CASE WHEN EXCLUDED.status = 'dead' OR e.attempts + 1 >= $9
+                              THEN 'dead' ELSE 'pending' END,
+                next_attempt_at = now() + make_interval(
+                    secs => least($11, $10 * power(2, e.attempts)) * random()),
+                updated_at = now()
+            """,
+            [f.entity for f in failures],
+            [f.side.value for f in failures],
+            [f.record_id for f in failures],
+            [f.map_id for f in failures],
+            [f.payload for f in failures],
+            [f.reason for f in failures],
+            [f.error_class for f in failures],
+            [f.final for f in failures],
+            self.backoff.max_attempts,
+            self.backoff.base_seconds,
+            self.backoff.cap_seconds,
+        )
+
+    async def claim_due(self, limit: int, *, include_not_due: bool = False) -> list[ErrorRow]:
+        """Pending rows whose time has come, leased for a while so that a second daemon's retry
+        job skips them (SKIP LOCKED) and a crashed one's lease simply runs out."""
+        rows = await self.pool.fetch(
+            f"""
+            UPDATE sync_error SET next_attempt_at = now() + interval '10 minutes'
+            WHERE id IN (
+                SELECT id FROM sync_error
+                WHERE status = 'pending' AND ($2 OR next_attempt_at <= now())
+                ORDER BY next_attempt_at, id LIMIT $1
+                FOR UPDATE SKIP LOCKED)
+            RETURNING {_COLUMNS}
+            """,
+            limit,
+            include_not_due,
+        )
+        return [ErrorRow.from_row(r) for r in sorted(rows, key=lambda r: r["id"])]
+
+    async def resolve(self, conn: Executor, ids: Sequence[int]) -> None:
+        if ids:
+            await conn.execute(
+                "UPDATE sync_error SET status = 'resolved', resolved_at = now(), updated_at = now()"
+                " WHERE id = ANY($1::bigint[]) AND status <> 'resolved'",
+                list(ids),
+            )
+
+    async def replay(self, ids: Sequence[int] | None) -> int:
+        """Make dead (or pending) rows due now with a fresh attempt budget."""
+        result: str = await self.pool.execute(
+            """
+            UPDATE sync_error SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                   updated_at = now()
+            WHERE status <> 'resolved' AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
+            """,
+            list(ids) if ids is not None else None,
+        )
+        return int(result.split()[-1])
+
+    async def list(self, *, dead_only: bool = False, limit: int = 1000) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            f"""
+            SELECT {_COLUMNS}, next_attempt_at, created_at, updated_at FROM sync_error
+            WHERE status <> 'resolved' AND (NOT $1 OR status = 'dead')
+            ORDER BY id LIMIT $2
+            """,
+            dead_only,
+            limit,
+        )
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.pool.fetch("SELECT status, count(*) AS n FROM sync_error GROUP BY status")
+        counts = {"pending": 0, "dead": 0, "resolved": 0}
+        counts.update({r["status"]: r["n"] for r in rows})
+        return counts

@@ -1,0 +1,374 @@
+"""The record map: linked pairs, their snapshots, and observations waiting to be merged.
+
+Every method works on a batch (a page or a claimed chunk), so the hot path costs a handful of
+round trips per hundred records, never one per record."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from crmsyncd.domain.records import JSON, Side
+from crmsyncd.store.db import Executor, Pool
+
+
+@dataclass(slots=True)
+class Pair:
+    id: int
+    entity: str
+    ecosire_id: str | None
+    crm_id: str | None
+    match_key: str | None
+    ecosire_snapshot: JSON | None
+    crm_snapshot: JSON | None
+    ecosire_seen_at: datetime | None
+    crm_seen_at: datetime | None
+    ecosire_pending: JSON | None
+    crm_pending: JSON | None
+    ecosire_pending_at: datetime | None
+    crm_pending_at: datetime | None
+    attempts: int
+
+    def id_of(self, side: Side) -> str | None:
+        return self.ecosire_id if side is Side.ECOSIRE else self.crm_id
+
+    def snapshot(self, side: Side) -> JSON | None:
+        return self.ecosire_snapshot if side is Side.ECOSIRE else self.crm_snapshot
+
+    def pending(self, side: Side) -> JSON | None:
+        return self.ecosire_pending if side is Side.ECOSIRE else self.crm_pending
+
+    def pending_at(self, side: Side) -> datetime | None:
+        return self.ecosire_pending_at if side is Side.ECOSIRE else self.crm_pending_at
+
+    def seen_at(self, side: Side) -> datetime | None:
+        return self.ecosire_seen_at if side is Side.ECOSIRE else self.crm_seen_at
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Pair:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What staging needs to know of a record already in the map."""
+
+    snapshot: JSON | None
+    has_pending: bool
+    state: str
+    pending_at: datetime | None  # of this side's observation waiting to be merged
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    record_id: str
+    match_key: str | None
+    body: JSON
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A pair whose merge landed: both ids, each side's new snapshot and change stamp."""
+
+    pair_id: int
+    ecosire_id: str
+    crm_id: str
+    match_key: str | None
+    ecosire_snapshot: JSON
+    crm_snapshot: JSON
+    ecosire_seen_at: datetime | None
+    crm_seen_at: datetime | None
+    # The observations this merge consumed: a newer one staged meanwhile must survive.
+    ecosire_pending_at: datetime | None
+    crm_pending_at: datetime | None
+
+
+_PAIR_COLUMNS = ", ".join(Pair.__slots__)
+
+
+def _col(side: Side, name: str) -> str:
+    # Only ever one of two fixed identifiers: never user input.
+    return f"{side.value}_{name}"
+
+
+class PairStore:
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def known(self, entity: str, side: Side, ids: Sequence[str]) -> dict[str, Known]:
+        rows = await self.pool.fetch(
+            f"SELECT {_col(side, 'id')} AS rid, {_col(side, 'snapshot')} AS snap,"
+            f" ecosire_pending IS NOT NULL OR crm_pending IS NOT NULL AS pending, state,"
+            f" {_col(side, 'pending_at')} AS pending_at"
+            f" FROM record_map WHERE entity = $1 AND {_col(side, 'id')} = ANY($2::text[])",
+            entity,
+            list(ids),
+        )
+        return {r["rid"]: Known(r["snap"], r["pending"], r["state"], r["pending_at"]) for r in rows}
+
+    async def counterparts(self, entity: str, side: Side, ids: Sequence[str]) -> dict[str, str]:
+        """For ids of `side`, the linked id on the other side (reference translation)."""
+        if not ids:
+            return {}
+        rows = await self.pool.fetch(
+            f"SELECT {_col(side, 'id')} AS rid, {_col(side.other, 'id')} AS oid FROM record_map"
+            f" WHERE entity = $1 AND {_col(side, 'id')} = ANY($2::text[])"
+            f" AND {_col(side.other, 'id')} IS NOT NULL",
+            entity,
+            list(ids),
+        )
+        return {r["rid"]: r["oid"] for r in rows}
+
+    async def stage(self, conn: Executor, entity: str, side: Side, batch: Sequence[Observation]) -> None:
+        """Record observations; an older one never replaces a newer one; staging unparks."""
+        if not batch:
+            return
+        rid, pend, pend_at = _col(side, "id"), _col(side, "pending"), _col(side, "pending_at")
+        await conn.execute(
+            f"""
+            INSERT INTO record_map (entity, {rid}, match_key, {pend}, {pend_at})
+            SELECT $1, u.rid, u.mkey, u.body, u.at
+            FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::timestamptz[]) AS u(rid, mkey, body, at)
+            ON CONFLICT (entity, {rid}) WHERE {rid} IS NOT NULL DO UPDATE SET
+                {pend} = EXCLUDED.{pend},
+                {pend_at} = EXCLUDED.{pend_at},
+                match_key = EXCLUDED.match_key,
+                state = CASE WHEN record_map.state = 'parked'
+                                  AND record_map.{pend_at} IS DISTINCT FROM EXCLUDED.{pend_at}
+                             THEN 'ok' ELSE record_map.state END,
+                updated_at = now()
+            WHERE record_map.{pend_at} IS NULL OR record_map.{pend_at} <= EXCLUDED.{pend_at}
+            """,
+            entity,
+            [o.record_id for o in batch],
+            [o.match_key for o in batch],
+            [o.body for o in batch],
+            [o.updated_at for o in batch],
+        )
+
+    async def link_groups(self, entity: str) -> list[tuple[str, list[int], list[int]]]:
+        """Match keys held by unlinked records: (key, ECOSIRE-only rows, CRM-only rows).
+
+        Only keys with an unlinked record on both sides, or more than one on a side, and with
+        at least one row waiting to be merged (so that a quiet pass costs nothing here)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT match_key,
+                   coalesce(array_agg(id ORDER BY id) FILTER (WHERE crm_id IS NULL), '{}') AS e_rows,
+                   coalesce(array_agg(id ORDER BY id) FILTER (WHERE ecosire_id IS NULL), '{}') AS c_rows
+            FROM record_map
+            WHERE entity = $1 AND match_key IS NOT NULL AND state = 'ok'
+              AND (ecosire_id IS NULL OR crm_id IS NULL)
+            GROUP BY match_key
+            HAVING bool_or(ecosire_pending IS NOT NULL OR crm_pending IS NOT NULL)
+               AND (count(*) FILTER (WHERE crm_id IS NULL) > 1
+                    OR count(*) FILTER (WHERE ecosire_id IS NULL) > 1
+                    OR (count(*) FILTER (WHERE crm_id IS NULL) = 1
+                        AND count(*) FILTER (WHERE ecosire_id IS NULL) = 1))
+            """,
+            entity,
+        )
+        return [(r["match_key"], list(r["e_rows"]), list(r["c_rows"])) for r in rows]
+
+    async def link(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Fold each CRM-only row into its ECOSIRE-only partner: one pair, no base yet."""
+        if not pairs:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            moved = await conn.fetch(
+                """
+                DELETE FROM record_map m USING unnest($1::bigint[], $2::bigint[]) AS p(e_row, c_row)
+                WHERE m.id = p.c_row
+                RETURNING p.e_row, m.crm_id, m.crm_snapshot, m.crm_seen_at, m.crm_pending,
+                          m.crm_pending_at
+                """,
+                [e for e, _ in pairs],
+                [c for _, c in pairs],
+            )
+            await conn.execute(
+                """
+                UPDATE record_map m SET crm_id = u.crm_id, crm_snapshot = u.snap,
+                    crm_seen_at = u.seen, updated_at = now(),
+                    crm_pending = u.pend, crm_pending_at = u.pend_at
+                FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::jsonb[],
+                            $6::timestamptz[]) AS u(e_row, crm_id, snap, seen, pend, pend_at)
+                WHERE m.id = u.e_row
+                """,
+                [r["e_row"] for r in moved],
+                [r["crm_id"] for r in moved],
+                [r["crm_snapshot"] for r in moved],
+                [r["crm_seen_at"] for r in moved],
+                [r["crm_pending"] for r in moved],
+                [r["crm_pending_at"] for r in moved],
+            )
+
+    async def claim(
+        self, entity: str, run_id: int, limit: int, only: Sequence[int] | None = None
+    ) -> list[Pair]:
+        """Rows with observations to merge, marked as this run's before any remote write.
+
+        `attempts` counts claims that have not finished: above one, an earlier attempt may
+        have written remotely and then died, so the worker looks before it creates."""
+        rows = await self.pool.fetch(
+            f"""
+            UPDATE record_map m SET claim_run = $2, attempts = m.attempts + 1
+            WHERE m.id IN (
+                SELECT id FROM record_map
+                WHERE entity = $1 AND state = 'ok'
+                  AND (ecosire_pending IS NOT NULL OR crm_pending IS NOT NULL)
+                  AND claim_run IS DISTINCT FROM $2
+                  AND ($4::bigint[] IS NULL OR id = ANY($4::bigint[]))
+                ORDER BY id LIMIT $3
+                FOR UPDATE SKIP LOCKED)
+            RETURNING {_PAIR_COLUMNS}
+            """,
+            entity,
+            run_id,
+            limit,
+            list(only) if only is not None else None,
+        )
+        return sorted((Pair.from_row(r) for r in rows), key=lambda p: p.id)
+
+    async def settle(self, conn: Executor, settled: Sequence[Settled]) -> None:
+        if not settled:
+            return
+        columns: list[list[Any]] = [[] for _ in range(10)]
+        for s in settled:
+            for i, value in enumerate(
+                (
+                    s.pair_id,
+                    s.ecosire_id,
+                    s.crm_id,
+                    s.match_key,
+                    s.ecosire_snapshot,
+                    s.crm_snapshot,
+                    s.ecosire_seen_at,
+                    s.crm_seen_at,
+                    s.ecosire_pending_at,
+                    s.crm_pending_at,
+                )
+            ):
+                columns[i].append(value)
+        await conn.execute(
+            """
+            UPDATE record_map m SET
+                ecosire_id = u.eid, crm_id = u.cid, match_key = coalesce(u.mkey, m.match_key),
+                ecosire_snapshot = u.esnap, crm_snapshot = u.csnap,
+                ecosire_seen_at = coalesce(u.eseen, m.ecosire_seen_at),
+                crm_seen_at = coalesce(u.cseen, m.crm_seen_at),
+                ecosire_pending = CASE WHEN m.ecosire_pending_at IS NOT DISTINCT FROM u.epat
+                                       THEN NULL ELSE m.ecosire_pending END,
+                ecosire_pending_at = CASE WHEN m.ecosire_pending_at IS NOT DISTINCT FROM u.epat
+                                          THEN NULL ELSE m.ecosire_pending_at END,
+                crm_pending = CASE WHEN m.crm_pending_at IS NOT DISTINCT FROM u.cpat
+                                   THEN NULL ELSE m.crm_pending END,
+                crm_pending_at = CASE WHEN m.crm_pending_at IS NOT DISTINCT FROM u.cpat
+                                      THEN NULL ELSE m.crm_pending_at END,
+                state = 'ok', claim_run = NULL, attempts = 0, synced_at = now(), updated_at = now()
+            FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
+                        $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+                 AS u(id, eid, cid, mkey, esnap, csnap, eseen, cseen, epat, cpat)
+            WHERE m.id = u.id
+            """,
+            *columns,
+        )
+        await conn.execute(
+            "UPDATE sync_error SET status = 'resolved', resolved_at = now(), updated_at = now()"
+            " WHERE map_id = ANY($1::bigint[]) AND status <> 'resolved'",
+            [s.pair_id for s in settled],
+        )
+
+    async def attach(self, conn: Executor, links: Sequence[tuple[int, Side, str]]) -> None:
+        """Record counterparts created by a merge that failed afterwards (parked, still linked)."""
+        for side in Side:
+            mine = [(pair_id, rid) for pair_id, s, rid in links if s is side]
+            if mine:
+                await conn.execute(
+                    f"UPDATE record_map m SET {_col(side, 'id')} = u.rid FROM"
+                    " unnest($1::bigint[], $2::text[]) AS u(id, rid) WHERE m.id = u.id",
+                    [p for p, _ in mine],
+                    [r for _, r in mine],
+                )
+
+    async def owner(self, entity: str, side: Side, record_id: str) -> int | None:
+        owner: int | None = await self.pool.fetchval(
+            f"SELECT id FROM record_map WHERE entity = $1 AND {_col(side, 'id')} = $2",
+            entity,
+            record_id,
+        )
+        return owner
+
+    async def release(
+        self, conn: Executor, pair_ids: Sequence[int], state: str, *, untouched: bool = False
+    ) -> None:
+        """Give back claimed rows that were not settled: parked, or (untouched) never attempted,
+        in which case the claim is undone so that it raises no doubt next time."""
+        if pair_ids:
+            await conn.execute(
+                "UPDATE record_map SET state = $2, claim_run = NULL, updated_at = now(),"
+                " attempts = CASE WHEN $3 THEN greatest(attempts - 1, 0) ELSE attempts END"
+                " WHERE id = ANY($1::bigint[])",
+                list(pair_ids),
+                state,
+                untouched,
+            )
+
+    async def unpark(self, pair_ids: Sequence[int]) -> None:
+        await self.pool.execute(
+            "UPDATE record_map SET state = 'ok' WHERE id = ANY($1::bigint[]) AND state = 'parked'",
+            list(pair_ids),
+        )
+
+    async def counts(self) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """
+            SELECT entity,
+                   count(*) FILTER (WHERE ecosire_id IS NOT NULL AND crm_id IS NOT NULL) AS linked,
+                   count(*) FILTER (WHERE ecosire_id IS NULL OR crm_id IS NULL) AS unlinked,
+                   count(*) FILTER (WHERE ecosire_pending IS NOT NULL OR crm_pending IS NOT NULL)
+                       AS pending,
+                   count(*) FILTER (WHERE state = 'parked') AS parked
+            FROM record_map GROUP BY entity ORDER BY entity
+            """
+        )
+
+
+class CursorStore:
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def get(self, entity: str, side: Side) -> tuple[datetime, str] | None:
+        row = await self.pool.fetchrow(
+            "SELECT updated_at, record_id FROM sync_cursor WHERE entity = $1 AND side = $2",
+            entity,
+            side.value,
+        )
+        return (row["updated_at"], row["record_id"]) if row else None
+
+    async def save(
+        self, conn: Executor, entity: str, side: Side, updated_at: datetime, record_id: str
+    ) -> None:
+        # GREATEST-style guard: a cursor only moves forward.
+        await conn.execute(
+            """
+            INSERT INTO sync_cursor (entity, side, updated_at, record_id) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (entity, side) DO UPDATE SET
+                updated_at = EXCLUDED.updated_at, record_id = EXCLUDED.record_id, saved_at = now()
+            WHERE (sync_cursor.updated_at, sync_cursor.record_id)
+                  < (EXCLUDED.updated_at, EXCLUDED.record_id)
+            """,
+            entity,
+            side.value,
+            updated_at,
+            record_id,
+        )
+
+    async def all(self) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "SELECT entity, side, updated_at, record_id, saved_at FROM sync_cursor ORDER BY entity, side"
+        )
