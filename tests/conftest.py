@@ -70,9 +70,7 @@ async def crm() -> AsyncIterator[CrmSandbox]:
 
 
 @pytest.fixture
-def env(
-    database_url: str, eco: EcosireSandbox, crm: CrmSandbox, tmp_path: Path
-) -> Iterator[dict[str, str]]:
+def env(database_url: str, eco: EcosireSandbox, crm: CrmSandbox, tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment a user would set, pointed at the sandboxes and this test's database."""
     values = {
         "CRMSYNCD_DATABASE_URL": database_url,
@@ -116,16 +114,20 @@ class CliResult:
     stderr: str
 
 
-async def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> CliResult:
+async def run_cli(*args: str, env: dict[str, str], limit: float = 120) -> CliResult:
     """The real command in a subprocess, while the sandboxes keep serving in this loop."""
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("CRMSYNCD_", "ECOSIRE_", "CRM_"))}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CRMSYNCD_", "ECOSIRE_", "CRM_"))}
     full_env.update(env)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "crmsyncd", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=full_env,
+        sys.executable,
+        "-m",
+        "crmsyncd",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=full_env,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    out, err = await asyncio.wait_for(proc.communicate(), limit)
     assert proc.returncode is not None
     return CliResult(proc.returncode, out.decode(), err.decode())
 

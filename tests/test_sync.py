@@ -21,16 +21,22 @@ def crm_contact(name: str, email: str | None, **extra: Any) -> dict[str, Any]:
 async def test_initial_sync_links_shared_emails_and_creates_the_rest(
     app: App, eco: EcosireSandbox, crm: CrmSandbox
 ) -> None:
-    eco.seed("contacts", [
-        contact("Ana Silva", "ana@mail.example", type="person", tags=["vip"]),
-        contact("Ben Kim", "ben@mail.example", type="company"),
-        contact("Only Eco", "only.eco@mail.example", type="person"),
-    ])
-    crm.seed("contacts", [
-        crm_contact("Ana Silva", "  ANA@Mail.Example ", labels=["newsletter"], phoneNumber="+1 555"),
-        crm_contact("Ben Kim", "Ben@mail.example"),
-        crm_contact("Only Crm", "only.crm@mail.example", labels=["lead"]),
-    ])
+    eco.seed(
+        "contacts",
+        [
+            contact("Ana Silva", "ana@mail.example", type="person", tags=["vip"]),
+            contact("Ben Kim", "ben@mail.example", type="company"),
+            contact("Only Eco", "only.eco@mail.example", type="person"),
+        ],
+    )
+    crm.seed(
+        "contacts",
+        [
+            crm_contact("Ana Silva", "  ANA@Mail.Example ", labels=["newsletter"], phoneNumber="+1 555"),
+            crm_contact("Ben Kim", "Ben@mail.example"),
+            crm_contact("Only Crm", "only.crm@mail.example", labels=["lead"]),
+        ],
+    )
 
     report = await app.engine.sync_pass(app.entities)
 
@@ -39,9 +45,11 @@ async def test_initial_sync_links_shared_emails_and_creates_the_rest(
     assert report.counts.created == {"crm": 1, "ecosire": 1}
     eco_people = by_email(eco.records("contacts"), "email")
     crm_people = by_email(crm.records("contacts"), "emailAddress")
-    assert sorted(eco_people) == sorted(crm_people) == [
-        "ana@mail.example", "ben@mail.example", "only.crm@mail.example", "only.eco@mail.example"
-    ]
+    assert (
+        sorted(eco_people)
+        == sorted(crm_people)
+        == ["ana@mail.example", "ben@mail.example", "only.crm@mail.example", "only.eco@mail.example"]
+    )
     # Email: ECOSIRE wins; tags: union; phone flows CRM -> ECOSIRE; type ECOSIRE -> CRM.
     assert crm_people["ana@mail.example"]["emailAddress"] == "ana@mail.example"
     assert sorted(eco_people["ana@mail.example"]["tags"]) == ["newsletter", "vip"]
@@ -90,17 +98,41 @@ async def test_a_second_pass_writes_nothing(app: App, eco: EcosireSandbox, crm: 
 
 async def test_every_rule_under_concurrent_edits(app: App, eco: EcosireSandbox, crm: CrmSandbox) -> None:
     eco.clock = crm.clock = TickingClock(datetime(2026, 11, 1, tzinfo=UTC))  # one time line
-    [e] = eco.seed("contacts", [contact("Old Name", "rules@mail.example", type="person",
-                                        phone="+1 000", tags=["keep", "drop-on-eco", "drop-on-crm"])])
+    [e] = eco.seed(
+        "contacts",
+        [
+            contact(
+                "Old Name",
+                "rules@mail.example",
+                type="person",
+                phone="+1 000",
+                tags=["keep", "drop-on-eco", "drop-on-crm"],
+            )
+        ],
+    )
     await app.engine.sync_pass(app.entities)
     [c] = crm.records("contacts")
     assert sorted(c["labels"]) == ["drop-on-crm", "drop-on-eco", "keep"]
 
     # Both sides edit every field between two passes; the CRM edits last.
-    eco.edit("contacts", e["id"], name="Eco Name", email="Eco.Rules@mail.example", phone="+1 111",
-             type="company", tags=["keep", "drop-on-crm", "added-on-eco"])
-    crm.edit("contacts", c["id"], fullName="Crm Name", emailAddress="crm.rules@mail.example",
-             phoneNumber="+1 222", accountType="person", labels=["keep", "drop-on-eco", "added-on-crm"])
+    eco.edit(
+        "contacts",
+        e["id"],
+        name="Eco Name",
+        email="Eco.Rules@mail.example",
+        phone="+1 111",
+        type="company",
+        tags=["keep", "drop-on-crm", "added-on-eco"],
+    )
+    crm.edit(
+        "contacts",
+        c["id"],
+        fullName="Crm Name",
+        emailAddress="crm.rules@mail.example",
+        phoneNumber="+1 222",
+        accountType="person",
+        labels=["keep", "drop-on-eco", "added-on-crm"],
+    )
     report = await app.engine.sync_pass(app.entities)
     await app.engine.sync_pass(app.entities)
 
@@ -141,10 +173,14 @@ async def test_concurrent_edits_of_different_fields_both_survive(
 async def test_deals_follow_their_contacts(app: App, eco: EcosireSandbox, crm: CrmSandbox) -> None:
     [ec] = eco.seed("contacts", [contact("Deal Owner", "owner@mail.example")])
     [cc] = crm.seed("contacts", [crm_contact("Crm Owner", "crm.owner@mail.example")])
-    eco.seed("deals", [{"title": "Renewal", "amount": 123456, "currency": "eur", "stage": "won",
-                        "contactId": ec["id"]}])
-    crm.seed("deals", [{"title": "Upsell", "amount": 99.5, "currency": "USD", "stage": "lead",
-                        "contactId": cc["id"]}])
+    eco.seed(
+        "deals",
+        [{"title": "Renewal", "amount": 123456, "currency": "eur", "stage": "won", "contactId": ec["id"]}],
+    )
+    crm.seed(
+        "deals",
+        [{"title": "Upsell", "amount": 99.5, "currency": "USD", "stage": "lead", "contactId": cc["id"]}],
+    )
 
     await app.engine.sync_pass(app.entities)
 
@@ -174,17 +210,20 @@ async def test_deals_follow_their_contacts(app: App, eco: EcosireSandbox, crm: C
 async def test_a_rejected_record_is_parked_with_the_api_message_while_the_rest_sync(
     app: App, eco: EcosireSandbox, crm: CrmSandbox
 ) -> None:
-    crm.seed("contacts", [
-        crm_contact("Ops Desk", "ops@intranet"),  # ECOSIRE wants a dot in the domain
-        *[crm_contact(f"Fine {i}", f"fine{i}@mail.example") for i in range(5)],
-    ])
+    crm.seed(
+        "contacts",
+        [
+            crm_contact("Ops Desk", "ops@intranet"),  # ECOSIRE wants a dot in the domain
+            *[crm_contact(f"Fine {i}", f"fine{i}@mail.example") for i in range(5)],
+        ],
+    )
     report = await app.engine.sync_pass(app.entities)
 
     assert report.status == "ok"
-    assert sorted(r["email"] for r in eco.records("contacts")) == [
-        f"fine{i}@mail.example" for i in range(5)
-    ]
-    errors = await app.pool.fetch("SELECT side, record_id, reason, error_class, status, payload FROM sync_error")
+    assert sorted(r["email"] for r in eco.records("contacts")) == [f"fine{i}@mail.example" for i in range(5)]
+    errors = await app.pool.fetch(
+        "SELECT side, record_id, reason, error_class, status, payload FROM sync_error"
+    )
     assert len(errors) == 1
     [row] = errors
     ops = next(r for r in crm.records("contacts") if r["emailAddress"] == "ops@intranet")
