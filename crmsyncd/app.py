@@ -128,6 +128,8 @@ async def open_app(settings: Settings, mapping: MappingSpec | None = None) -> As
                     queue_size=settings.queue_size,
                     page_size=100,
                     overlap=timedelta(seconds=settings.overlap),
+                    delete_guard=settings.delete_guard,
+                    reconcile_budget=settings.reconcile_budget,
                 ),
                 Backoff(base_seconds=settings.retry_backoff, max_attempts=settings.max_attempts),
             )

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", required=True, help="one retry pass and exit (required)"
     )
     retry.add_argument("--all", action="store_true", help="retry every pending record, due or not")
+    reconcile = sub.add_parser(
+        "reconcile", help="list both sides in full to find deleted records, apply the delete policy, exit"
+    )
+    reconcile.add_argument("--once", action="store_true", required=True, help="one sweep and exit (required)")
+    reconcile.add_argument("--entity", action="append", help="only this entity (repeatable)")
     status = sub.add_parser("status", help="cursors, mapped pairs, queue counts and the last pass")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     errors = sub.add_parser("errors", help="the retry queue")
@@ -103,10 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report_exit(report: PassReport) -> int:
-    if report.status == "failed":
-        print(f"crmsyncd: {report.kind} pass failed: {report.error}", file=sys.stderr)
-        return EXIT_FATAL
-    return EXIT_OK
+    if report.status in ("ok", "stopped"):
+        return EXIT_OK
+    print(f"crmsyncd: {report.kind} pass {report.status}: {report.error}", file=sys.stderr)
+    return EXIT_FATAL
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -124,6 +129,12 @@ async def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     async with open_app(settings) as app:
         report = await app.engine.retry_pass(app.entities, include_not_due=args.all)
+    return _report_exit(report)
+
+
+async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_app(settings) as app:
+        report = await app.engine.reconcile_pass(app.select(args.entity))
     return _report_exit(report)
 
 
@@ -251,6 +262,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any,
     "run": cmd_run,
     "sync": cmd_sync,
     "retry": cmd_retry,
+    "reconcile": cmd_reconcile,
     "status": cmd_status,
     "errors": cmd_errors,
     "migrate": cmd_migrate,

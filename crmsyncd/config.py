@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     sync_interval: Annotated[float, Field(gt=0)] = Field(300.0, validation_alias="CRMSYNCD_SYNC_INTERVAL")
     retry_interval: Annotated[float, Field(gt=0)] = Field(1800.0, validation_alias="CRMSYNCD_RETRY_INTERVAL")
     retry_backoff: Annotated[float, Field(gt=0)] = Field(60.0, validation_alias="CRMSYNCD_RETRY_BACKOFF")
+    reconcile_interval: Annotated[float, Field(ge=0)] = Field(
+        86400.0, validation_alias="CRMSYNCD_RECONCILE_INTERVAL"
+    )
+    reconcile_budget: Annotated[int, Field(ge=1)] = Field(1000, validation_alias="CRMSYNCD_RECONCILE_BUDGET")
+    delete_guard: Annotated[float, Field(gt=0, le=1)] = Field(0.1, validation_alias="CRMSYNCD_DELETE_GUARD")
     max_attempts: Annotated[int, Field(ge=1)] = Field(5, validation_alias="CRMSYNCD_MAX_ATTEMPTS")
     workers: Annotated[int, Field(ge=1, le=256)] = Field(8, validation_alias="CRMSYNCD_WORKERS")
     queue_size: Annotated[int, Field(ge=1)] = Field(200, validation_alias="CRMSYNCD_QUEUE_SIZE")

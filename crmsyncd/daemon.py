@@ -1,11 +1,22 @@
 """`crmsyncd run`: the sync job at start and every interval, the retry job on its own interval,
-and a clean stop on SIGTERM/SIGINT that lets in-flight writes finish and saves cursors."""
+and a clean stop on SIGTERM/SIGINT.
+
+A stop lets the work in flight end well: pagers stop after the page they are staging (its cursor
+is saved with it), workers take no new record and finish the one they hold (a remote write is
+answered, or parked), the buffered bookkeeping is flushed, and the process exits 0. It is bounded:
+a job still running `CRMSYNCD_HTTP_TIMEOUT + STOP_MARGIN` seconds after the signal (a worker
+waiting out a long rate-limit block, say) is cancelled, which is no worse than a kill -9 and as
+safe (a claimed record is looked up before it is created again). A second signal cancels at once.
+Refused credentials stop the daemon with exit code 1; any other failed pass is logged and the
+next interval tries again."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -16,64 +27,153 @@ from crmsyncd.observability.logging import get_logger
 
 log = get_logger()
 
+# Seconds a stop waits beyond one HTTP timeout for jobs to finish, and then for cancelled jobs to
+# unwind (their bookkeeping flush included).
+STOP_MARGIN = 5.0
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _Stopper:
+    """The stop request, the jobs running, and what a signal does to them."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.signals = 0
+        self.fatal: list[str] = []
+        self.app: App | None = None
+        self.jobs: set[asyncio.Task[Any]] = set()
+        self.at = 0.0
+
+    def on_signal(self, signum: int) -> None:
+        self.signals += 1
+        first = self.signals == 1
+        log.info("stop_requested", signal=signal.Signals(signum).name, again=not first)
+        if first:
+            self.at = time.monotonic()
+        self.stop()
+        if not first:
+            for task in self.jobs:  # asked twice: do not wait for the work in flight
+                task.cancel()
+
+    def stop(self) -> None:
+        if self.app is not None:
+            self.app.engine.stopping.set()
+        self.requested.set()
+
+    async def drain(self, grace: float) -> bool:
+        """Wait for running jobs; cancel those still running after `grace`. True if any was."""
+        await asyncio.sleep(0)  # a job the scheduler has just launched registers, or returns
+        pending = {task for task in self.jobs if not task.done()}
+        if not pending:
+            return False
+        _, pending = await asyncio.wait(pending, timeout=grace)
+        if not pending:
+            return False
+        log.warning(
+            "stop_grace_exceeded",
+            seconds=grace,
+            jobs=len(pending),
+            detail="cancelling: claimed records are looked up before they are created again",
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=STOP_MARGIN)
+        return True
+
 
 async def run_daemon(settings: Settings) -> int:
-    async with open_app(settings) as app:
-        stop = asyncio.Event()
-        fatal: list[str] = []
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, _request_stop, app, stop, signum)
+    stopper = _Stopper()
+    loop = asyncio.get_running_loop()
+    # Handlers first: a signal during start-up (the embedded database, migrations) is honoured
+    # as soon as the app is open, instead of killing the process half-way.
+    for signum in _SIGNALS:
+        loop.add_signal_handler(signum, stopper.on_signal, signum)
+    try:
+        async with open_app(settings) as app:
+            stopper.app = app
+            if stopper.requested.is_set():
+                stopper.stop()
+                log.info("daemon_stopped", reason="signal", seconds=0.0, cancelled=False)
+                return 0
+            return await _serve(app, settings, stopper)
+    finally:
+        for signum in _SIGNALS:
+            loop.remove_signal_handler(signum)
 
-        async def guarded(job: str) -> None:
-            try:
-                report = await _job(app, job)
-            except Exception as exc:  # a job must never take the scheduler down with it
-                log.exception("job_crashed", job=job, error=str(exc))
-                return
-            if report.status == "failed":
-                # Refused credentials will not fix themselves: stop and say so.
-                log.error("job_failed", job=job, error=report.error)
-                fatal.append(report.error or job)
-                stop.set()
 
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+async def _serve(app: App, settings: Settings, stopper: _Stopper) -> int:
+    async def guarded(job: str) -> None:
+        if stopper.requested.is_set():
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        stopper.jobs.add(task)
+        try:
+            report = await _job(app, job)
+        except asyncio.CancelledError:
+            log.warning("job_cancelled", job=job)
+            return
+        except Exception as exc:  # a job must never take the scheduler down with it
+            log.exception("job_crashed", job=job, error=str(exc))
+            return
+        finally:
+            stopper.jobs.discard(task)
+        if report.status == "failed":
+            # Refused credentials will not fix themselves: stop and say so. Any other trouble
+            # (an API down past its retries, the database away) waits for the next interval.
+            log.error("job_failed", job=job, error=report.error)
+            stopper.fatal.append(report.error or job)
+            stopper.stop()
+
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+    scheduler.add_job(
+        guarded,
+        "interval",
+        args=["sync"],
+        seconds=settings.sync_interval,
+        next_run_time=datetime.now(UTC),
+        id="sync",
+        **common,
+    )
+    scheduler.add_job(
+        guarded, "interval", args=["retry"], seconds=settings.retry_interval, id="retry", **common
+    )
+    if settings.reconcile_interval > 0:  # 0 turns the full listings off
         scheduler.add_job(
             guarded,
             "interval",
-            args=["sync"],
-            seconds=settings.sync_interval,
-            next_run_time=datetime.now(UTC),
-            id="sync",
+            args=["reconcile"],
+            seconds=settings.reconcile_interval,
+            id="reconcile",
             **common,
         )
-        scheduler.add_job(
-            guarded, "interval", args=["retry"], seconds=settings.retry_interval, id="retry", **common
-        )
-        scheduler.start()
-        log.info(
-            "daemon_started",
-            entities=[e.name for e in app.entities],
-            sync_interval=settings.sync_interval,
-            retry_interval=settings.retry_interval,
-        )
-        await stop.wait()
-        scheduler.shutdown(wait=False)
-        # Jobs already running finish their in-flight records (the engine's stopping flag is set).
-        async with app.engine._busy:
-            pass
-        log.info("daemon_stopped", reason="fatal error" if fatal else "signal")
-        return 1 if fatal else 0
-
-
-def _request_stop(app: App, stop: asyncio.Event, signum: int) -> None:
-    log.info("stop_requested", signal=signal.Signals(signum).name)
-    app.engine.stopping.set()
-    stop.set()
+    scheduler.start()
+    log.info(
+        "daemon_started",
+        entities=[e.name for e in app.entities],
+        sync_interval=settings.sync_interval,
+        retry_interval=settings.retry_interval,
+    )
+    await stopper.requested.wait()
+    # Paused, not shut down: APScheduler's shutdown cancels the coroutine jobs still running,
+    # which would cut the pass short in the middle of its writes. It goes once they are done.
+    scheduler.pause()
+    started = stopper.at or time.monotonic()
+    cancelled = await stopper.drain(settings.http_timeout + STOP_MARGIN)
+    scheduler.shutdown(wait=False)
+    log.info(
+        "daemon_stopped",
+        reason="fatal error" if stopper.fatal else "signal",
+        seconds=round(time.monotonic() - started, 3),
+        cancelled=cancelled,
+    )
+    return 1 if stopper.fatal else 0
 
 
 async def _job(app: App, job: str) -> PassReport:
     if job == "sync":
         return await app.engine.sync_pass(app.entities)
+    if job == "reconcile":
+        return await app.engine.reconcile_pass(app.entities)
     return await app.engine.retry_pass(app.entities)

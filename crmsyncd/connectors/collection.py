@@ -9,6 +9,7 @@ from typing import Any
 
 from crmsyncd.connectors.base import ConnectorError, Outcome, Page, RequestStats
 from crmsyncd.connectors.http import ApiClient, ApiResponse, MalformedResponse, path_segment
+from crmsyncd.domain.canonical import normalise_key
 from crmsyncd.domain.records import JSON, Side
 
 # A lookup that needs more pages than this is too broad to trust: park it rather than guess.
@@ -55,8 +56,9 @@ def _kind(value: Any) -> str:
 
 
 def normalise(value: Any) -> str | None:
-    """The match-key form of a value: trimmed and case-folded; None for anything but a string."""
-    return value.strip().casefold() if isinstance(value, str) else None
+    """The match-key form of a value (trimmed, case-folded, NFC), as the engine compares it;
+    None for anything but a non-blank string."""
+    return normalise_key(value)
 
 
 def parse_record(response: ApiResponse) -> JSON:

@@ -8,6 +8,7 @@ every method waits and tries again, within bounds.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -131,6 +132,33 @@ def error_message(raw: bytes, content_type: str, status: int, reason: str) -> st
     if content_type == "text/plain" and raw:
         return _clip(f"{fallback}: {raw.decode('utf-8', 'replace')}")
     return fallback
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_json(raw: bytes) -> Any:
+    """The JSON document in `raw`, which must be UTF-8; ValueError when it is not.
+
+    orjson refuses an escaped unpaired surrogate ("\\ud83d" alone, what a JavaScript server sends
+    for text cut in the middle of an emoji). That is one record's bad text, not a broken answer:
+    such a page is decoded by the standard library instead, and the record is parked by the
+    engine, naming the field, while the rest of the page syncs."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        first = exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"invalid JSON in answer: {_clip(str(first))}") from None
+    if "\\u" not in text:
+        raise ValueError(f"invalid JSON in answer: {_clip(str(first))}")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError:
+        raise ValueError(f"invalid JSON in answer: {_clip(str(first))}") from None
 
 
 def _is_json(content_type: str) -> bool:
@@ -335,9 +363,9 @@ class ApiClient:
         if not _is_json(content_type):
             return _Failure(Outcome.RETRY, f"expected JSON, got content type {content_type!r}", status)
         try:
-            body = orjson.loads(raw)  # also rejects invalid UTF-8
-        except orjson.JSONDecodeError as exc:
-            return _Failure(Outcome.RETRY, f"invalid JSON in answer: {_clip(str(exc))}", status)
+            body = decode_json(raw)  # also rejects invalid UTF-8
+        except ValueError as exc:
+            return _Failure(Outcome.RETRY, str(exc), status)
         return ApiResponse(status, body, server_time)
 
 

@@ -1,10 +1,17 @@
 """Translation between each side's record body and the canonical values the merge works on.
 
 Canonical values are ECOSIRE's representation (integer minor units, lower-case currency, ECOSIRE
-ids for references); sets are sorted lists so that equality means "same set"."""
+ids for references); sets are sorted lists so that equality means "same set".
+
+Reading a body is also where bad input is caught, each problem naming the field as its API spells
+it: a required field missing, null or blank; a wrong type; text too long to be a field value
+(`MAX_TEXT_LENGTH`) or holding what no store can keep (U+0000, an unpaired surrogate). Valid text
+is never altered: emoji, right-to-left scripts, combining marks and NFC or NFD forms pass byte for
+byte; only the match key is normalised, to compare."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
@@ -15,6 +22,10 @@ from crmsyncd.domain.records import JSON, BadRecord, Side
 Values = dict[str, Any]
 # (entity, side the id belongs to, id) -> the counterpart's id on the other side
 RefTable = Mapping[tuple[str, Side, str], str]
+
+# The longest text a mapped field may hold, in characters. Names, emails, titles and stages are far
+# shorter; a value past this is a bug or an attack upstream, and copying it would only spread it.
+MAX_TEXT_LENGTH = 10_000
 
 
 class UnresolvedReference(Exception):
@@ -29,11 +40,50 @@ class UnresolvedReference(Exception):
 
 
 def normalise_key(value: Any) -> str | None:
-    """The natural key: trimmed and case-folded; empty is no key."""
+    """The natural key: trimmed, case-folded and in one Unicode normal form (NFC), so that the
+    same address typed with a precomposed or a combining accent is one key; empty is no key."""
     if not isinstance(value, str):
         return None
-    text = value.strip().casefold()
+    # Canonical caseless matching (Unicode, D145): fold the decomposed form, then recompose.
+    text = unicodedata.normalize("NFC", unicodedata.normalize("NFD", value.strip()).casefold())
     return text or None
+
+
+def text_problem(value: str) -> str | None:
+    """Why a string cannot be a field value, or None when it can."""
+    if len(value) > MAX_TEXT_LENGTH:
+        return f"text of {len(value)} characters, more than the {MAX_TEXT_LENGTH} allowed"
+    if "\x00" in value:
+        return "text contains U+0000 (NUL), which cannot be stored or sent on"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text contains an unpaired UTF-16 surrogate (broken text, e.g. half an emoji)"
+    return None
+
+
+def _check_text(name: str, value: Any, depth: int = 0) -> None:
+    if isinstance(value, str):
+        problem = text_problem(value)
+        if problem is not None:
+            raise BadRecord(name, problem)
+    elif isinstance(value, list) and depth < 8:
+        for item in value:
+            _check_text(name, item, depth + 1)
+    elif isinstance(value, dict) and depth < 8:
+        for key, item in value.items():
+            _check_text(name, key, depth + 1)
+            _check_text(name, item, depth + 1)
+
+
+def _missing(body: JSON, name: str, raw: Any) -> str | None:
+    if name not in body:
+        return "required, but missing"
+    if raw is None:
+        return "required, but null"
+    if (isinstance(raw, str) and not raw.strip()) or raw == []:
+        return "required, but empty"
+    return None
 
 
 def ref_ids(entity: EntitySpec, side: Side, body: JSON) -> list[tuple[str, Side, str]]:
@@ -49,10 +99,25 @@ def ref_ids(entity: EntitySpec, side: Side, body: JSON) -> list[tuple[str, Side,
 
 
 def canonicalize(entity: EntitySpec, side: Side, body: JSON, refs: RefTable) -> Values:
+    """The canonical values of a body; BadRecord naming the first bad field. Every field is checked
+    before an unresolved reference is reported: bad input is permanent, a missing link is not."""
     values: Values = {}
+    unresolved: UnresolvedReference | None = None
     for spec in entity.fields:
-        raw = body.get(spec.remote_name(side))
-        values[spec.name] = _to_canonical(spec, side, raw, refs)
+        name = spec.remote_name(side)
+        raw = body.get(name)
+        if spec.required and (missing := _missing(body, name, raw)) is not None:
+            raise BadRecord(name, missing)
+        if spec.name == entity.match_key and raw is not None and not isinstance(raw, str):
+            # A match key that is not text could never be matched: a duplicate in waiting.
+            raise BadRecord(name, f"expected a string (the match key), got {_kind(raw)}")
+        _check_text(name, raw)
+        try:
+            values[spec.name] = _to_canonical(spec, side, raw, refs)
+        except UnresolvedReference as exc:
+            unresolved = unresolved or exc
+    if unresolved is not None:
+        raise unresolved
     return values
 
 

@@ -66,6 +66,9 @@ class FieldSpec:
     rule: Rule
     transform: Transform = Transform.NONE
     ref_entity: str | None = None
+    # A record whose value is missing, null or blank on either side is bad input: parked at
+    # staging with the field named, instead of costing a write the other API would refuse.
+    required: bool = False
 
     def remote_name(self, side: Side) -> str:
         return self.ecosire if side is Side.ECOSIRE else self.crm
@@ -153,7 +156,7 @@ def parse_mapping(text: str, source: str) -> MappingSpec:
 
 
 _ENTITY_KEYS = {"ecosire", "crm", "match_key", "depends_on", "delete_policy", "fields"}
-_FIELD_KEYS = {"ecosire", "crm", "direction", "rule", "transform"}
+_FIELD_KEYS = {"ecosire", "crm", "direction", "rule", "transform", "required"}
 
 
 def _parse_entity(source: str, name: str, body: Any) -> EntitySpec:
@@ -217,6 +220,9 @@ def _parse_field(source: str, key: str, name: str, body: Any) -> FieldSpec:
     direction = _choice(source, f"{key}.direction", body["direction"], Direction)
     if rule is Rule.UNION and transform is not Transform.NONE:
         raise MappingError(source, f"{key}.transform", "a union field takes no transform")
+    required = body.get("required", False)
+    if not isinstance(required, bool):
+        raise MappingError(source, f"{key}.required", f"expected true or false, got {required!r}")
     return FieldSpec(
         name=name,
         ecosire=_string(source, f"{key}.ecosire", body["ecosire"]),
@@ -225,6 +231,7 @@ def _parse_field(source: str, key: str, name: str, body: Any) -> FieldSpec:
         rule=rule,
         transform=transform,
         ref_entity=ref_entity,
+        required=required,
     )
 
 

@@ -5,49 +5,96 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crmsyncd.connectors.base import Connector, ConnectorError, Outcome
 from crmsyncd.domain.canonical import (
     RefTable,
     UnresolvedReference,
+    Values,
     canonicalize,
     normalise_key,
     ref_ids,
     to_remote,
 )
-from crmsyncd.domain.mapping import EntitySpec
+from crmsyncd.domain.mapping import DeletePolicy, EntitySpec
 from crmsyncd.domain.merge import MergeResult, SideView, merge
 from crmsyncd.domain.records import JSON, BadRecord, Side, parse_timestamp
 from crmsyncd.engine.counts import PassCounts
 from crmsyncd.store.errors import Failure
-from crmsyncd.store.pairs import Pair, Settled
+from crmsyncd.store.pairs import Link, Pair, Settled
+
+# How far back, before the first unfinished claim, a lookup by content searches: covers the
+# clock skew between our database and the target's server.
+LOOKUP_WINDOW = timedelta(minutes=10)
+LOOKUP_PAGES = 5
 
 # Asks the store who already owns a remote record: the pair id, or None.
 OwnerLookup = Callable[[str, Side, str], Awaitable[int | None]]
 
 
-class AuthFailure(Exception):
-    """Credentials were refused: the pass stops, nothing is parked, nothing is lost."""
+class PassAborted(Exception):
+    """Something that retrying records cannot fix: the pass stops, says why, and loses nothing."""
+
+
+class AuthFailure(PassAborted):
+    """Credentials were refused."""
+
+
+class DeleteGuardTripped(PassAborted):
+    """More deletions than the configured share of an entity: stop before doing harm."""
+
+
+@dataclass(slots=True)
+class DeleteGuard:
+    """How many deletions a pass may still make for an entity (the circuit breaker)."""
+
+    entity: str
+    share: float
+    linked: int
+    used: int = 0
+
+    @property
+    def allowance(self) -> int:
+        # A single deletion never trips it: the share is meant for mass deletion.
+        return max(1, int(self.share * self.linked))
+
+    def take(self, what: str) -> None:
+        if self.used + 1 > self.allowance:
+            raise DeleteGuardTripped(
+                f"circuit breaker: {what} would delete more than {self.share:.0%} of the "
+                f"{self.linked} linked {self.entity} (allowance {self.allowance}); nothing more is "
+                "deleted. Check both systems, then raise CRMSYNCD_DELETE_GUARD if this is intended."
+            )
+        self.used += 1
 
 
 @dataclass(frozen=True, slots=True)
 class Parked:
     pair_id: int
     failure: Failure
-    # A counterpart created before the failure: its id is recorded with the parking.
-    link: tuple[Side, str] | None = None
+    # A counterpart created before the failure: recorded with the parking, as an observation.
+    link: Link | None = None
 
 
 class _AfterCreate(Exception):
-    def __init__(self, error: Exception, side: Side, record_id: str) -> None:
+    def __init__(self, error: Exception, link: Link) -> None:
         super().__init__(str(error))
         self.error = error
-        self.side = side
-        self.record_id = record_id
+        self.link = link
 
 
-Result = Settled | Parked
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """A pair whose record is gone on one side; `failure` is the flag row, if the policy flags."""
+
+    pair_id: int
+    side: Side
+    failure: Failure | None = None
+
+
+Result = Settled | Parked | Deleted
 
 
 class PairWorker:
@@ -57,11 +104,13 @@ class PairWorker:
         connectors: Mapping[Side, Connector],
         owner_of: OwnerLookup,
         counts: PassCounts,
+        guard: DeleteGuard | None = None,
     ) -> None:
         self.entity = entity
         self.connectors = connectors
         self.owner_of = owner_of
         self.counts = counts
+        self.guard = guard or DeleteGuard(entity.name, 1.0, 0)
 
     async def apply(self, pair: Pair, refs: RefTable) -> Result:
         try:
@@ -74,7 +123,7 @@ class PairWorker:
                 # Parked with its link, not raised: the pass stops when the next call is refused.
                 error = ConnectorError(Outcome.RETRY, error.message, side=error.side, status=error.status)
             parked = self._failure(pair, error)
-            return Parked(parked.pair_id, parked.failure, link=(wrapped.side, wrapped.record_id))
+            return Parked(parked.pair_id, parked.failure, link=wrapped.link)
 
     async def _apply(self, pair: Pair, refs: RefTable) -> Result:
         try:
@@ -99,8 +148,48 @@ class PairWorker:
     async def _update(self, pair: Pair, refs: RefTable) -> Result:
         views = {side: self._view(pair, side, refs) for side in Side}
         result = merge(self.entity, views[Side.ECOSIRE], views[Side.CRM])
-        await self._write(pair, result, views, refs)
+        try:
+            await self._write(pair, result, views, refs)
+        except ConnectorError as exc:
+            if exc.outcome is not Outcome.NOT_FOUND:
+                raise
+            return await self.deleted(pair, exc.side, f"404 on {exc.method} {exc.path}".strip())
         return self._settled(pair, result, views)
+
+    async def deleted(self, pair: Pair, gone: Side, how: str) -> Deleted:
+        """Apply the entity's delete policy to a pair whose `gone` side no longer exists."""
+        survivor = gone.other
+        survivor_id = pair.id_of(survivor)
+        name = f"{gone.value} {self.entity.name} {pair.id_of(gone)}"
+        policy = self.entity.delete_policy
+        if policy is DeletePolicy.PROPAGATE and survivor_id is not None:
+            self.guard.take(f"propagating the deletion of {name}")
+            try:
+                await self.connectors[survivor].delete(self.entity.resource(survivor), survivor_id)
+            except ConnectorError as exc:
+                if exc.outcome is not Outcome.NOT_FOUND:  # already gone there too: done
+                    raise
+            self.counts.deleted[survivor.value] += 1
+            return Deleted(pair.id, gone)
+        self.counts.deleted_seen[gone.value] += 1
+        if policy is DeletePolicy.IGNORE or survivor_id is None:
+            return Deleted(pair.id, gone)
+        self.counts.parked["deleted"] += 1
+        return Deleted(
+            pair.id,
+            gone,
+            Failure(
+                entity=self.entity.name,
+                side=survivor,
+                record_id=survivor_id,
+                map_id=pair.id,
+                payload=pair.pending(survivor) or pair.snapshot(survivor) or {},
+                reason=f"{name} was deleted ({how}); {survivor.value} {survivor_id} is kept and no "
+                "longer synced (delete policy: flag)",
+                error_class="deleted",
+                final=True,
+            ),
+        )
 
     async def _write(
         self, pair: Pair, result: MergeResult, views: Mapping[Side, SideView], refs: RefTable
@@ -150,25 +239,27 @@ class PairWorker:
         connector = self.connectors[target]
         resource = self.entity.resource(target)
         counterpart: JSON | None = None
+        values = {
+            spec.name: source_view.values.get(spec.name)
+            for spec in self.entity.fields
+            if spec.direction.flows_to(target) and source_view.values.get(spec.name) not in (None, [])
+        }
         # More than one claim means an earlier attempt may have created the record and died
         # before its bookkeeping: look before creating again.
         if pair.attempts > 1:
-            counterpart = await self._find(pair, target)
+            counterpart = await self._find(pair, target, values, refs)
         linked = counterpart is not None
         if counterpart is None:
-            values = {
-                spec.name: source_view.values.get(spec.name)
-                for spec in self.entity.fields
-                if spec.direction.flows_to(target) and source_view.values.get(spec.name) not in (None, [])
-            }
             body = to_remote(self.entity, target, values, refs)
             try:
-                counterpart = await connector.create(resource, body)
+                # An API that answers a create with less than the record (only its id) is read
+                # as holding what we sent.
+                counterpart = {**body, **await connector.create(resource, body)}
             except ConnectorError as exc:
                 if exc.outcome is not Outcome.CONFLICT:
                     raise
                 # The match key is taken on the target: the record exists, link to it.
-                counterpart = await self._find(pair, target)
+                counterpart = await self._find(pair, target, values, refs)
                 if counterpart is None:
                     raise
                 linked = True
@@ -184,7 +275,8 @@ class PairWorker:
         except (ConnectorError, BadRecord, UnresolvedReference) as exc:
             if linked:
                 raise
-            raise _AfterCreate(exc, target, target_id) from None
+            stamp = _stamp(counterpart, self.connectors[target].updated_field)
+            raise _AfterCreate(exc, Link(pair.id, target, target_id, counterpart, stamp)) from None
 
     async def _after_create(
         self,
@@ -217,23 +309,74 @@ class PairWorker:
         await self._write(linked_pair, result, views, refs)
         return self._settled(linked_pair, result, views)
 
-    async def _find(self, pair: Pair, target: Side) -> JSON | None:
+    async def _find(
+        self, pair: Pair, target: Side, values: Values, refs: RefTable, *, owned_ok: bool = False
+    ) -> JSON | None:
+        """The counterpart an earlier, unfinished attempt may have created: by the match key where
+        the record has one, else by content among the target's records changed since the claim."""
         key_field = self.entity.match_key
         if key_field is None or pair.match_key is None:
-            return None
+            return await self._find_by_content(pair, target, values, refs, owned_ok)
         spec = self.entity.field(key_field)
         found = await self.connectors[target].find_by_field(
             self.entity.resource(target), spec.remote_name(target), pair.match_key
         )
         matches = [r for r in found if normalise_key(r.get(spec.remote_name(target))) == pair.match_key]
+        return self._one(matches, target, f"{key_field} {pair.match_key!r}")
+
+    async def _find_by_content(
+        self, pair: Pair, target: Side, values: Values, refs: RefTable, owned_ok: bool = False
+    ) -> JSON | None:
+        connector = self.connectors[target]
+        since = (pair.claimed_at or datetime.now(UTC)) - LOOKUP_WINDOW
+        matches: list[JSON] = []
+        for page_number in range(1, LOOKUP_PAGES + 1):
+            page = await connector.list_page(
+                self.entity.resource(target), updated_after=since, page=page_number, limit=100
+            )
+            for body in page.records:
+                try:
+                    seen = canonicalize(self.entity, target, body, refs)
+                except (BadRecord, UnresolvedReference):
+                    continue
+                if all(seen.get(name) == value for name, value in values.items()):
+                    record_id = str(body.get(connector.id_field, ""))
+                    if record_id and (
+                        owned_ok or await self.owner_of(self.entity.name, target, record_id) is None
+                    ):
+                        matches.append(body)
+            if page_number >= page.total_pages:
+                break
+        return self._one(matches, target, "the same content")
+
+    def _one(self, matches: list[JSON], target: Side, what: str) -> JSON | None:
         if len(matches) > 1:
             ids = ", ".join(str(r.get(self.connectors[target].id_field)) for r in matches)
             raise ConnectorError(
                 Outcome.PERMANENT,
-                f"ambiguous match: {key_field} {pair.match_key!r} matches {target.value} records {ids}",
+                f"ambiguous match: {what} matches {target.value} {self.entity.name} {ids}",
                 side=target,
             )
         return matches[0] if matches else None
+
+    async def lost_create(self, pair: Pair, refs: RefTable) -> Link | None:
+        """For a record whose create may have been applied without our hearing of it: the
+        counterpart, if the target has it."""
+        source = Side.ECOSIRE if pair.ecosire_id is not None else Side.CRM
+        target = source.other
+        view = self._view(pair, source, refs)
+        values = {
+            spec.name: view.values.get(spec.name)
+            for spec in self.entity.fields
+            if spec.direction.flows_to(target) and view.values.get(spec.name) not in (None, [])
+        }
+        found = await self._find(pair, target, values, refs, owned_ok=True)
+        if found is None:
+            return None
+        connector = self.connectors[target]
+        return Link(
+            pair.id, target, str(found.get(connector.id_field)), found, _stamp(found, connector.updated_field)
+        )
 
     # -- failures -----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from crmsyncd.domain.records import Side
-from crmsyncd.engine.apply import Parked, Result
+from crmsyncd.engine.apply import Deleted, Parked, Result
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import Pool
 from crmsyncd.store.errors import ErrorStore, Failure
@@ -50,9 +50,11 @@ class ResultBuffer:
         # The ticker is told to stop, never cancelled: a cancel landing inside a flush would
         # roll back bookkeeping of writes that already happened remotely.
         self._closing.set()
-        if self._ticker is not None:
-            await self._ticker
-        await self.flush()
+        try:
+            if self._ticker is not None:
+                await self._ticker
+        finally:
+            await self.flush()
 
     async def add(self, result: Result) -> None:
         self._items.append(result)
@@ -85,16 +87,22 @@ class ResultBuffer:
     async def _write(self, items: Sequence[Result]) -> None:
         settled = [i for i in items if isinstance(i, Settled)]
         parked = [i for i in items if isinstance(i, Parked)]
+        deleted = [i for i in items if isinstance(i, Deleted)]
         async with self.pool.acquire() as conn, conn.transaction():
-            await self.pairs.attach(conn, [(p.pair_id, *p.link) for p in parked if p.link])
-            await self.pairs.settle(conn, settled)
+            await self.pairs.mark_deleted(conn, [(d.pair_id, d.side) for d in deleted])
+            await self.errors.park(conn, [d.failure for d in deleted if d.failure is not None])
+            await self.pairs.attach(conn, [p.link for p in parked if p.link])
+            await self.pairs.settle(conn, self.entity, settled)
             await self.errors.park(conn, [p.failure for p in parked])
             await self.pairs.release(conn, [p.pair_id for p in parked], "parked")
 
 
-def _as_conflict(entity: str, item: Result, exc: Exception) -> Parked:
-    if isinstance(item, Parked):
+def _as_conflict(entity: str, item: Result, exc: Exception) -> Parked | Deleted:
+    if isinstance(item, Deleted):
         return item
+    if isinstance(item, Parked):
+        # Its link collided with another pair: park it without the link.
+        return Parked(item.pair_id, item.failure)
     log.warning("link_conflict", entity=entity, pair=item.pair_id, error=str(exc))
     return Parked(
         item.pair_id,

@@ -18,14 +18,16 @@ class PassCounts:
     unchanged: int = 0  # merged pairs needing no write
     conflicts: Counter[str] = field(default_factory=Counter)  # by "field:rule:winner"
     parked: Counter[str] = field(default_factory=Counter)  # by error class
+    deleted: Counter[str] = field(default_factory=Counter)  # deletions we propagated, by side
+    deleted_seen: Counter[str] = field(default_factory=Counter)  # deletions noticed, by side
     retried_ok: int = 0
 
     @property
     def writes(self) -> int:
-        return sum(self.created.values()) + sum(self.updated.values())
+        return sum(self.created.values()) + sum(self.updated.values()) + sum(self.deleted.values())
 
     def add(self, other: PassCounts) -> None:
-        for name in ("seen", "created", "updated", "conflicts", "parked"):
+        for name in ("seen", "created", "updated", "conflicts", "parked", "deleted", "deleted_seen"):
             getattr(self, name).update(getattr(other, name))
         for name in ("echoes", "staged", "linked", "unchanged", "retried_ok"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -41,6 +43,8 @@ class PassCounts:
             "unchanged": self.unchanged,
             "conflicts": dict(self.conflicts),
             "parked": dict(self.parked),
+            "deleted": dict(self.deleted),
+            "deleted_seen": dict(self.deleted_seen),
             "retried_ok": self.retried_ok,
             "writes": self.writes,
         }

@@ -1,27 +1,62 @@
 """Delta reads that lose nothing to paging over a changing list.
 
-The APIs page by number over a list computed per request, sorted by updated-at: a record updated
-while we page moves to the end and shifts the others, so plain page numbers skip records. Each page
-is therefore re-anchored on the last updated-at seen (minus one millisecond, since `updatedAfter`
-is strictly after, so equal stamps at a boundary are read again and de-duplicated by id). Only
-when a whole page shares one stamp does it fall back to page numbers under the same anchor.
+Both APIs page by number over a list computed afresh for every request, sorted by updated-at:
+a record updated while we page moves to the end and shifts the others down, so plain page
+numbers skip records. Three techniques keep every record:
 
-The pass is capped by a signpost, the server's own clock at its first answer: records changed
-after it belong to the next pass, so a pass ends even while users keep editing."""
+* **Re-anchoring.** Every request asks for page 1 of "updated strictly after the anchor", the
+  anchor being the last stamp seen minus one millisecond: records sharing the last stamp are read
+  again (and dropped by id), so a page boundary inside a group of equal stamps loses nothing, and
+  records moving during paging cannot skip what is still ahead of the anchor.
+* **Blocks, swept until they hold still.** When a whole page sits at the anchor's next stamp (a
+  bulk import stamps thousands of records alike), the anchor cannot move, and the only way on is
+  page numbers under the same anchor. A record of that block updated meanwhile leaves it and
+  shifts an unread one onto a page already read. Records only ever *leave* such a block (an edit
+  gives a later stamp, a delete removes it), so the block is swept again from page 1 until a sweep
+  ends at the same position as the sweep before it, with no id it had not seen: no record left
+  during that sweep, so it read every record the block still holds; those that left carry later
+  stamps and are read after it. Records after the block are not taken during the sweeps, so the
+  cursor never passes an unread member; after the last sweep the anchor moves past the block.
+  Sweeps are bounded (`max_block_sweeps`): a block that keeps changing raises `PagingLoop`.
+* **A signpost.** The pass reads up to the server's own clock at its first answer (its `Date`
+  header, one-second resolution, plus one second), so a pass ends while users keep editing,
+  clock skew between us and a server hides nothing, and what changes after it belongs to the
+  next pass (its stamp is past the cursor).
+
+A list that is not what paging needs raises `PagingLoop` rather than lose records: a page not
+sorted ascending by the stamp, a page number that is ignored, a block that never holds still.
+Everything yielded before it is safe to stage (the caller ends that side's read there).
+
+What no pager can see in one pass, the next pass's overlap window catches (`since` is the cursor
+minus the overlap): a record committed late with an older stamp, or one stamped in the very tick
+of a block already closed. Stamps are assumed to have millisecond precision at most (the wire
+form of both APIs).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
-from crmsyncd.connectors.base import Connector
-from crmsyncd.domain.records import JSON, BadRecord, parse_timestamp
+import orjson
 
-_TICK = timedelta(milliseconds=1)
+from crmsyncd.connectors.base import Connector, Page
+from crmsyncd.domain.records import JSON, BadRecord, format_timestamp, parse_timestamp
+from crmsyncd.observability.logging import get_logger
+
+log = get_logger()
+
+TICK = timedelta(milliseconds=1)
 # The Date header has one-second resolution; the margin keeps records stamped within the second
 # of the first answer inside this pass.
 _SIGNPOST_MARGIN = timedelta(seconds=1)
+# Verification sweeps of one block before the pass gives up on it (each costs the block's pages).
+MAX_BLOCK_SWEEPS = 10
+# A last resort against a server whose list never ends; the logic above terminates without it.
+MAX_REQUESTS = 1_000_000
 
 
 @dataclass(slots=True)
@@ -31,9 +66,32 @@ class PageOfChanges:
     records: list[tuple[str, datetime, JSON]] = field(default_factory=list)
     unusable: list[tuple[JSON, BadRecord]] = field(default_factory=list)
 
+    def __bool__(self) -> bool:
+        return bool(self.records or self.unusable)
+
 
 class PagingLoop(RuntimeError):
-    pass
+    """The list did not behave as paging needs (it kept changing, or ignores the page number).
+
+    Everything yielded before it is safe to stage: the cursor it implies passes no unread record."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    body: JSON
+    key: str  # the record id, or a digest of the body when there is no usable id
+    stamp: datetime | None  # None when the updated-at field does not parse
+    error: BadRecord | None  # set when the record cannot be keyed (bad id or stamp)
+
+
+@dataclass(slots=True)
+class _SweepEnd:
+    # Rows before the block's end, counted over the sweep's pages; None when it could not be told.
+    size: int | None = None
+    # The first row after the block, or None at the end of the list.
+    end: _Row | None = None
+    fresh: int = 0  # rows this sweep yielded that no earlier read had
+    repeated: bool = False  # a row read twice within the sweep: the block grew under it
 
 
 async def read_changes(
@@ -42,50 +100,251 @@ async def read_changes(
     *,
     since: datetime | None,
     page_size: int,
-    max_requests: int = 1_000_000,
+    max_requests: int = MAX_REQUESTS,
+    max_block_sweeps: int = MAX_BLOCK_SWEEPS,
 ) -> AsyncGenerator[PageOfChanges, None]:
-    anchor = since
-    page = 1
-    signpost: datetime | None = None
-    # Ids already yielded whose stamp is at or after the anchor: re-reads of them are dropped.
-    recent: dict[str, datetime] = {}
-    requests = 0
-    while True:
-        requests += 1
-        if requests > max_requests:
-            raise PagingLoop(f"{resource}: more than {max_requests} list requests in one pass")
-        result = await connector.list_page(resource, updated_after=anchor, page=page, limit=page_size)
-        if signpost is None:
-            signpost = (result.server_time or datetime.now(UTC)) + _SIGNPOST_MARGIN
-        out = PageOfChanges()
-        last_stamp: datetime | None = None
-        past_signpost = False
-        for body in result.records:
-            try:
-                record_id = _record_id(body, connector.id_field)
-                stamp = parse_timestamp(body.get(connector.updated_field), connector.updated_field)
-            except BadRecord as exc:
-                out.unusable.append((body, exc))
+    """Pages of records changed strictly after `since`, up to the pass's signpost.
+
+    Records come in list order, each (id, stamp) once per pass. Staging a page and advancing the
+    cursor to its greatest (stamp, id) is safe: no record before that point is left unread."""
+    pager = _Pager(connector, resource, since, page_size, max_requests, max_block_sweeps)
+    async for page in pager.pages():
+        yield page
+
+
+class _Pager:
+    def __init__(
+        self,
+        connector: Connector,
+        resource: str,
+        since: datetime | None,
+        page_size: int,
+        max_requests: int,
+        max_block_sweeps: int,
+    ) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be positive")
+        self.connector = connector
+        self.resource = resource
+        self.anchor = since
+        self.page_size = page_size
+        self.max_requests = max_requests
+        self.max_block_sweeps = max_block_sweeps
+        self.signpost: datetime | None = None
+        # Ids yielded whose stamp is after the anchor: re-reads of them are dropped.
+        self.recent: dict[str, datetime] = {}
+        # Unusable records reported this pass (by key), so a re-read does not park them twice.
+        self.reported: set[str] = set()
+        self.requests = 0
+        self._done = False  # a block ended the pass (at the signpost or the list's end)
+
+    # -- the normal way: page 1 after an anchor that moves with every page --------------------
+
+    async def pages(self) -> AsyncGenerator[PageOfChanges, None]:
+        while True:
+            result, rows = await self._fetch(1)
+            # Rows past the signpost are the next pass's (their stamps are past any cursor).
+            taken = [row for row in rows if not self._beyond(row)]
+            more = bool(rows) and len(taken) == len(rows) and result.total_pages > 1
+            if more:
+                self._require_sorted(rows, 1)  # the next request relies on the order
+            last = max((row.stamp for row in taken if row.stamp is not None), default=None)
+            if more and (last is None or not self._progresses(last)):
+                # A full page and nothing on it moves the anchor: step through the block.
+                async for out in self._block(rows):
+                    yield out
+                if self._done:
+                    return
                 continue
-            if stamp > signpost:
-                past_signpost = True
+            out = PageOfChanges()
+            for row in taken:
+                self._take(row, out)
+            if out:
+                yield out
+            if not more:
+                return
+            assert last is not None
+            self._move_anchor(last - TICK)
+
+    # -- a block under one anchor: page numbers, swept until a sweep sees it hold still -------
+
+    async def _block(self, page_one: list[_Row]) -> AsyncGenerator[PageOfChanges, None]:
+        anchor = self.anchor
+        previous: int | None = None
+        for sweep in range(self.max_block_sweeps + 1):
+            end = _SweepEnd()
+            async for out in self._sweep(page_one if sweep == 0 else None, end):
+                yield out
+            settled = (
+                sweep > 0
+                and end.size is not None
+                and end.size == previous
+                and end.fresh == 0
+                and not end.repeated
+            )
+            if settled:
                 break
-            last_stamp = stamp
-            if recent.get(record_id) == stamp:
-                continue
-            recent[record_id] = stamp
-            out.records.append((record_id, stamp, body))
-        if out.records or out.unusable:
-            yield out
-        if past_signpost or len(result.records) < page_size or page >= max(result.total_pages, 1):
-            return
-        next_anchor = last_stamp - _TICK if last_stamp is not None else None
-        if next_anchor is not None and (anchor is None or next_anchor > anchor):
-            anchor, page = next_anchor, 1
-            recent = {rid: at for rid, at in recent.items() if at > anchor}
+            previous = end.size
         else:
-            # A whole page under one stamp: step through it by page number.
+            where = f"updated just after {_when(anchor)}" if anchor is not None else "at the list's start"
+            raise PagingLoop(
+                f"{self.connector.side.value} {self.resource}: {previous} records {where} kept "
+                f"changing while read by page number; gave up after {self.max_block_sweeps} "
+                "sweeps (the next pass starts again before them)"
+            )
+        log.debug(
+            "paging_block",
+            side=self.connector.side.value,
+            resource=self.resource,
+            after=_when(anchor),
+            records=end.size,
+            sweeps=sweep + 1,
+        )
+        if end.end is None or self._beyond(end.end):
+            self._done = True
+            return
+        assert end.end.stamp is not None  # a row ends a block by its stamp
+        self._move_anchor(end.end.stamp - TICK)
+
+    async def _sweep(
+        self, page_one: list[_Row] | None, end: _SweepEnd
+    ) -> AsyncGenerator[PageOfChanges, None]:
+        """Pages 1, 2, ... under the current anchor up to the first row that moves the anchor (or
+        lies past the signpost); only the block's own rows are taken."""
+        in_sweep: set[str] = set()
+        position = 0
+        page = 1
+        rows = page_one
+        last_page = False  # page one of the first sweep is known to have a successor
+        while True:
+            if rows is None:
+                result, rows = await self._fetch(page)
+                last_page = page >= result.total_pages
+                self._require_sorted(rows, page)  # positions in a block rely on the order
+            out = PageOfChanges()
+            stop: int | None = None
+            repeats = 0
+            for index, row in enumerate(rows):
+                if self._beyond(row) or (row.stamp is not None and self._progresses(row.stamp)):
+                    stop = index
+                    break
+                if row.key in in_sweep:
+                    repeats += 1
+                in_sweep.add(row.key)
+                if self._take(row, out):
+                    end.fresh += 1
+            end.repeated = end.repeated or repeats > 0
+            if out:
+                yield out
+            if stop is not None:
+                end.size, end.end = position + stop, rows[stop]
+                return
+            if not rows:
+                # Deletions emptied the list from here on: on page 1 the block is gone, on a later
+                # page its size is not known (the next sweep tells).
+                end.size, end.end = (0 if page == 1 else None), None
+                return
+            if page > 1 and repeats == len(rows):
+                raise PagingLoop(
+                    f"{self.connector.side.value} {self.resource}: page {page} repeats records of "
+                    f"earlier pages; the server seems to ignore the page parameter"
+                )
+            position += len(rows)
+            if last_page:
+                end.size, end.end = position, None
+                return
             page += 1
+            rows = None
+
+    # -- shared -------------------------------------------------------------------------------
+
+    async def _fetch(self, page: int) -> tuple[Page, list[_Row]]:
+        self.requests += 1
+        if self.requests > self.max_requests:
+            raise PagingLoop(
+                f"{self.connector.side.value} {self.resource}: more than {self.max_requests} "
+                "list requests in one pass"
+            )
+        result = await self.connector.list_page(
+            self.resource, updated_after=self.anchor, page=page, limit=self.page_size
+        )
+        if self.signpost is None:
+            self.signpost = (result.server_time or datetime.now(UTC)) + _SIGNPOST_MARGIN
+            if self.anchor is not None and self.signpost < self.anchor:
+                # The server's clock is now before the cursor it gave us: it stepped back. Records
+                # stamped since then may sort before the cursor; a full reconciliation finds them.
+                log.warning(
+                    "server_clock_behind_cursor",
+                    side=self.connector.side.value,
+                    resource=self.resource,
+                    server_time=_when(result.server_time),
+                    reading_after=_when(self.anchor),
+                )
+        return result, [self._row(body) for body in result.records]
+
+    def _require_sorted(self, rows: list[_Row], page: int) -> None:
+        """Anchoring on, or stepping past, a page out of order would pass over records: refuse."""
+        stamps = [row.stamp for row in rows if row.stamp is not None]
+        if any(later < earlier for earlier, later in pairwise(stamps)):
+            raise PagingLoop(
+                f"{self.connector.side.value} {self.resource}: the list is not sorted by "
+                f"{self.connector.updated_field} ascending (page {page}); check its sort parameters"
+            )
+
+    def _row(self, body: JSON) -> _Row:
+        stamp: datetime | None = None
+        error: BadRecord | None = None
+        try:
+            stamp = parse_timestamp(body.get(self.connector.updated_field), self.connector.updated_field)
+        except BadRecord as exc:
+            error = exc
+        try:
+            key = _record_id(body, self.connector.id_field)
+        except BadRecord as exc:
+            key, error = "", exc
+        if error is not None:
+            key = _digest(body)
+        return _Row(body, key, stamp, error)
+
+    def _beyond(self, row: _Row) -> bool:
+        assert self.signpost is not None
+        return row.stamp is not None and row.stamp > self.signpost
+
+    def _progresses(self, stamp: datetime) -> bool:
+        """Re-anchoring just before `stamp` moves the anchor forward."""
+        return self.anchor is None or stamp - TICK > self.anchor
+
+    def _move_anchor(self, anchor: datetime) -> None:
+        if self.anchor is not None and anchor <= self.anchor:
+            raise PagingLoop(
+                f"{self.connector.side.value} {self.resource}: the list is not sorted by "
+                f"{self.connector.updated_field} (anchor would move back to {_when(anchor)})"
+            )
+        self.anchor = anchor
+        self.recent = {rid: at for rid, at in self.recent.items() if at > anchor}
+
+    def _take(self, row: _Row, out: PageOfChanges) -> bool:
+        """Add the row to `out` unless this pass has it already; True when it was new."""
+        if row.error is not None:
+            if row.key in self.reported:
+                return False
+            self.reported.add(row.key)
+            out.unusable.append((row.body, row.error))
+            return True
+        assert row.stamp is not None
+        if self.recent.get(row.key) == row.stamp:
+            return False
+        self.recent[row.key] = row.stamp
+        out.records.append((row.key, row.stamp, row.body))
+        return True
+
+
+def _when(moment: datetime | None) -> str | None:
+    return None if moment is None else format_timestamp(moment)
+
+
+def _digest(body: JSON) -> str:
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
 
 
 def _record_id(body: JSON, id_field: str) -> str:

@@ -1,6 +1,16 @@
 """Staging: each page of changes becomes durable observations in the record map, in one
 transaction with the cursor that covers it. A record whose mapped values equal what we last
-wrote (our own echo) costs nothing; a record that cannot be read is parked with the reason."""
+wrote (our own echo) costs nothing; a record that cannot be read is parked with the reason,
+dead at once: the verdict on the same payload cannot change, so retrying it would be noise. Fixed
+at its source, the record is read again (its stamp moved) and its row is resolved when it syncs;
+after a mapping change, `errors replay` gives it a new reading.
+
+PostgreSQL keeps no U+0000 and no unpaired surrogate in jsonb or text, and one such character in
+any field would fail the whole page's transaction, again at every pass. So every body is made
+storable first: those characters become U+FFFD. In a mapped field they make the record bad input
+anyway (canonical.text_problem); in an unmapped one they do not matter. A parked copy that had
+characters replaced carries `REPLACED_KEY`, so that a retry from the stored copy parks it again
+instead of syncing the replacement characters."""
 
 from __future__ import annotations
 
@@ -17,6 +27,7 @@ from crmsyncd.domain.canonical import (
     canonicalize,
     normalise_key,
     ref_ids,
+    text_problem,
 )
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import JSON, BadRecord, Side
@@ -32,10 +43,62 @@ class Cursor:
     record_id: str
 
 
+_ABSENT = object()
+# Set on a parked copy whose text had to be altered to be stored: the fields concerned.
+REPLACED_KEY = "_crmsyncd_replaced"
+_REPLACEMENT = "\ufffd"
+
+
 def anonymous_id(body: JSON) -> str:
-    """A stable name for a record that has no usable id, so its error row is not duplicated."""
-    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    """A stable name for a record that has no usable id, so its error row is not duplicated: the
+    same for the record as read and for its parked copy retried."""
+    clean = {k: v for k, v in storable(body)[0].items() if k != REPLACED_KEY}
+    digest = hashlib.sha256(orjson.dumps(clean, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
     return f"(no id) {digest}"
+
+
+def _storable_text(text: str) -> str:
+    text = text.replace("\x00", _REPLACEMENT)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join(_REPLACEMENT if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+    return text
+
+
+def _storable_value(value: object) -> object:
+    if isinstance(value, str):
+        return _storable_text(value)
+    if isinstance(value, list):
+        return [_storable_value(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable_text(str(k)): _storable_value(v) for k, v in value.items()}
+    return value
+
+
+def storable(body: JSON) -> tuple[JSON, list[str]]:
+    """`body` as PostgreSQL can keep it, and the top-level fields whose text had to change."""
+    out: JSON = {}
+    changed: list[str] = []
+    for key, value in body.items():
+        clean_key = _storable_text(key)
+        clean = _storable_value(value)
+        if clean_key != key or clean != value:
+            changed.append(clean_key)
+        out[clean_key] = clean
+    return out, changed
+
+
+def _parked_copy(body: JSON) -> JSON:
+    """The payload kept with a parked record: storable, and marked if that changed its text."""
+    clean, changed = storable(body)
+    if changed and REPLACED_KEY not in clean:
+        clean[REPLACED_KEY] = changed
+    return clean
+
+
+def _usable_id(record_id: str) -> bool:
+    return text_problem(record_id) is None
 
 
 async def resolve_refs(
@@ -75,6 +138,14 @@ class Stager:
     ) -> list[str]:
         """Stage one page; returns the ids parked as unreadable."""
         counts.seen[side.value] += len(records) + len(unusable)
+        unusable = [*unusable]
+        usable: list[tuple[str, datetime, JSON]] = []
+        for record_id, stamp, body in records:
+            if _usable_id(record_id):
+                usable.append((record_id, stamp, body))
+            else:
+                unusable.append((body, BadRecord(id_field, "id holds characters no store can keep")))
+        records = usable
         wanted = [ref for _, _, body in records for ref in ref_ids(entity, side, body)]
         refs = await resolve_refs(self.pairs, entity, wanted) if wanted else {}
         known = await self.pairs.known(entity.name, side, [rid for rid, _, _ in records])
@@ -83,16 +154,25 @@ class Stager:
             Failure(
                 entity.name,
                 side,
-                anonymous_id(body) if exc.field == id_field else str(body.get(id_field)),
+                _unusable_id(body, exc, id_field),
                 None,
-                body,
+                _parked_copy(body),
                 f"{side.value} {entity.name} record unreadable: {exc}",
                 "bad_record",
+                final=True,
             )
             for body, exc in unusable
         ]
         for record_id, stamp, body in records:
             try:
+                replaced = body.get(REPLACED_KEY)
+                if replaced:
+                    # A parked copy whose text was altered to be stored: only the source has it.
+                    raise BadRecord(
+                        str(replaced[0]) if isinstance(replaced, list) and replaced else REPLACED_KEY,
+                        "text that could not be stored was replaced in this copy; fix the record "
+                        "at its source",
+                    )
                 values = canonicalize(entity, side, body, refs)
             except BadRecord as exc:
                 failures.append(
@@ -101,9 +181,10 @@ class Stager:
                         side,
                         record_id,
                         None,
-                        body,
+                        _parked_copy(body),
                         f"{side.value} {entity.name} {record_id}: {exc}",
                         "bad_record",
+                        final=True,
                     )
                 )
                 continue
@@ -122,7 +203,10 @@ class Stager:
                 counts.echoes += 1
                 continue
             key = normalise_key(values.get(entity.match_key)) if values and entity.match_key else None
-            observations.append(Observation(record_id, key, body, stamp))
+            # Unmapped fields may hold what PostgreSQL cannot keep; they are never written anywhere.
+            observations.append(Observation(record_id, key, storable(body)[0], stamp))
+        parked_ids = [f.record_id for f in failures]
+        failures = await self._not_parked_yet(entity.name, side, failures)
         async with self.pool.acquire() as conn, conn.transaction():
             await self.pairs.stage(conn, entity.name, side, observations)
             await self.errors.park(conn, failures)
@@ -131,4 +215,22 @@ class Stager:
         counts.staged += len(observations)
         for failure in failures:
             counts.parked[failure.error_class] += 1
-        return [f.record_id for f in failures]
+        return parked_ids
+
+    async def _not_parked_yet(self, entity: str, side: Side, failures: list[Failure]) -> list[Failure]:
+        """Drop failures already parked with the very same payload: a bad record re-read (the
+        overlap window, a re-listing) is the same verdict, and re-parking it would count attempts
+        that nobody made (invariant 1: replaying a page changes nothing). A row given a new chance
+        (`errors replay`) is pending again, and its verdict is recorded anew."""
+        if not failures:
+            return failures
+        stored = await self.errors.dead_payloads(entity, side, [f.record_id for f in failures])
+        return [f for f in failures if stored.get(f.record_id, _ABSENT) != f.payload]
+
+
+def _unusable_id(body: JSON, exc: BadRecord, id_field: str) -> str:
+    if exc.field != id_field:
+        record_id = str(body.get(id_field))
+        if _usable_id(record_id):
+            return record_id
+    return anonymous_id(body)

@@ -10,20 +10,29 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from crmsyncd.connectors.base import Connector, ConnectorError, Outcome
+from crmsyncd.connectors.base import Connector, ConnectorError, Outcome, body_id
 from crmsyncd.domain.mapping import EntitySpec
-from crmsyncd.domain.records import Side
-from crmsyncd.engine.apply import AuthFailure, PairWorker, Parked, wanted_refs
+from crmsyncd.domain.records import JSON, BadRecord, Side, parse_timestamp
+from crmsyncd.engine.apply import (
+    AuthFailure,
+    DeleteGuard,
+    DeleteGuardTripped,
+    PairWorker,
+    Parked,
+    PassAborted,
+    wanted_refs,
+)
 from crmsyncd.engine.buffer import ResultBuffer
 from crmsyncd.engine.counts import PassCounts
-from crmsyncd.engine.pager import read_changes
+from crmsyncd.engine.pager import TICK as PAGER_TICK
+from crmsyncd.engine.pager import PagingLoop, read_changes
 from crmsyncd.engine.stage import Cursor, Stager, resolve_refs
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import Pool
-from crmsyncd.store.errors import Backoff, ErrorStore, Failure
+from crmsyncd.store.errors import Backoff, ErrorRow, ErrorStore, Failure
 from crmsyncd.store.pairs import CursorStore, Pair, PairStore
 from crmsyncd.store.runs import RunStore
 
@@ -39,6 +48,8 @@ class EngineSettings:
     claim_batch: int = 100
     flush_size: int = 100
     flush_interval: float = 0.5
+    delete_guard: float = 0.1  # the largest share of an entity one pass may delete
+    reconcile_budget: int = 1000  # list requests per entity and side for one full listing
 
 
 @dataclass(slots=True)
@@ -79,28 +90,46 @@ class SyncEngine:
             return await self._run("sync", entities, self._sync_entity)
 
     async def _sync_entity(self, entity: EntitySpec, run_id: int, counts: PassCounts) -> None:
-        await asyncio.gather(*(self._read_side(entity, side, counts) for side in Side))
+        await self.resolve_doubts(entity, counts)
+        try:
+            # A reader that fails cancels its sibling: the entity waits for the next pass.
+            async with asyncio.TaskGroup() as readers:
+                for side in Side:
+                    readers.create_task(self._read_side(entity, side, counts))
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
         await self.merge(entity, run_id, counts)
 
     async def _read_side(self, entity: EntitySpec, side: Side, counts: PassCounts) -> None:
         connector = self.connectors[side]
         cursor = await self.cursors.get(entity.name, side)
-        since = cursor[0] - self.settings.overlap if cursor else None
-        pages = read_changes(connector, entity.resource(side), since=since, page_size=self.settings.page_size)
-        async with contextlib.aclosing(pages):
-            async for page in pages:
-                last = max(((at, rid) for rid, at, _ in page.records), default=None)
-                await self.stager.stage(
-                    entity,
-                    side,
-                    page.records,
-                    page.unusable,
-                    counts,
-                    Cursor(last[0], last[1]) if last else None,
-                    id_field=connector.id_field,
-                )
-                if self.stopping.is_set():
-                    return
+        # The list filter is strictly after: one tick more keeps the window's first stamp (and,
+        # with a zero overlap, the cursor's own stamp, whose later ids may be unread) inside it.
+        since = cursor[0] - self.settings.overlap - PAGER_TICK if cursor else None
+        # Each API pages by its own size (CRM_PAGE_SIZE for the CRM); the engine's is a fallback.
+        page_size = getattr(connector, "page_size", None)
+        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
+            page_size = self.settings.page_size
+        pages = read_changes(connector, entity.resource(side), since=since, page_size=page_size)
+        try:
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    last = max(((at, rid) for rid, at, _ in page.records), default=None)
+                    await self.stager.stage(
+                        entity,
+                        side,
+                        page.records,
+                        page.unusable,
+                        counts,
+                        Cursor(last[0], last[1]) if last else None,
+                        id_field=connector.id_field,
+                    )
+                    if self.stopping.is_set():
+                        return
+        except PagingLoop as exc:
+            # What was staged is safe and the cursor passes nothing unread: this side's read ends
+            # here, the pass merges what it has, and the next pass reads on from the cursor.
+            log.error("paging_stopped", entity=entity.name, side=side.value, error=str(exc))
 
     # -- linking and merging, shared by the sync and retry jobs -------------------------------
 
@@ -108,23 +137,28 @@ class SyncEngine:
         self, entity: EntitySpec, run_id: int, counts: PassCounts, only: Sequence[int] | None = None
     ) -> None:
         await self._link(entity, counts)
-        worker = PairWorker(entity, self.connectors, self.pairs.owner, counts)
+        guard = DeleteGuard(
+            entity.name, self.settings.delete_guard, await self.pairs.linked_count(entity.name)
+        )
+        worker = PairWorker(entity, self.connectors, self.pairs.owner, counts, guard)
         queue: asyncio.Queue[tuple[Pair, Any] | None] = asyncio.Queue(self.settings.queue_size)
-        claimed: dict[int, Pair] = {}
-        auth_error: list[str] = []
-        abort = asyncio.Event()
+        waiting: set[int] = set()  # claimed, not yet started: their claim can be undone
+        started: set[int] = set()  # a remote write may have happened: the doubt is kept
+        aborted: list[BaseException] = []
 
         async def produce() -> None:
             try:
-                while not (self.stopping.is_set() or abort.is_set()):
+                while not (self.stopping.is_set() or aborted):
                     batch = await self.pairs.claim(entity.name, run_id, self.settings.claim_batch, only)
                     if not batch:
                         break
                     wanted = wanted_refs(entity, batch)
                     refs = await resolve_refs(self.pairs, entity, wanted) if wanted else {}
                     for pair in batch:
-                        claimed[pair.id] = pair
+                        waiting.add(pair.id)
                         await queue.put((pair, refs))
+            except Exception as exc:
+                aborted.append(exc)
             finally:
                 for _ in range(self.settings.workers):
                     await queue.put(None)
@@ -132,16 +166,21 @@ class SyncEngine:
         async def consume(buffer: ResultBuffer) -> None:
             while (item := await queue.get()) is not None:
                 pair, refs = item
-                if abort.is_set() or self.stopping.is_set():
-                    continue  # left claimed-but-untouched; released below
+                if aborted or self.stopping.is_set():
+                    continue  # stays in `waiting`: released below, untouched
+                waiting.discard(pair.id)
+                started.add(pair.id)
                 try:
                     result = await worker.apply(pair, refs)
-                except AuthFailure as exc:
-                    auth_error.append(str(exc))
-                    abort.set()
+                    await buffer.add(result)
+                except PassAborted as exc:
+                    aborted.append(exc)
                     continue
-                claimed.pop(pair.id, None)
-                await buffer.add(result)
+                except Exception as exc:  # a bug or a lost database: stop cleanly, keep the doubt
+                    log.exception("worker_failed", entity=entity.name, pair=pair.id, error=str(exc))
+                    aborted.append(exc)
+                    continue
+                started.discard(pair.id)
 
         async with ResultBuffer(
             entity.name,
@@ -152,10 +191,46 @@ class SyncEngine:
             self.settings.flush_interval,
         ) as buffer:
             await asyncio.gather(produce(), *(consume(buffer) for _ in range(self.settings.workers)))
-        if claimed:
-            await self.pairs.release(self.pool, list(claimed), "ok", untouched=True)
-        if auth_error:
-            raise AuthFailure(auth_error[0])
+        await self.pairs.release(self.pool, sorted(waiting), "ok", untouched=True)
+        await self.pairs.release(self.pool, sorted(started), "ok")
+        if aborted:
+            raise aborted[0]
+
+    async def resolve_doubts(self, entity: EntitySpec, counts: PassCounts) -> None:
+        """Before anything is read: a create that may have happened without our hearing of it
+        (a lost answer, a crash) is looked up on the target, so that the record, when the delta
+        shows it, is known as ours and not taken for a new one to copy back."""
+        doubts = await self.pairs.in_doubt(entity.name)
+        if not doubts:
+            return
+        worker = PairWorker(entity, self.connectors, self.pairs.owner, counts)
+        wanted = wanted_refs(entity, doubts)
+        refs = await resolve_refs(self.pairs, entity, wanted) if wanted else {}
+        found = []
+        for pair in doubts:
+            try:
+                link = await worker.lost_create(pair, refs)
+            except ConnectorError as exc:
+                if exc.outcome is Outcome.AUTH_FAILED:
+                    raise
+                log.warning("doubt_unresolved", entity=entity.name, pair=pair.id, error=str(exc))
+                continue
+            if link is not None:
+                found.append(link)
+        refused = await self.pairs.adopt(found)
+        counts.linked += len(found) - len(refused)
+        for link in refused:
+            log.warning(
+                "doubt_conflict",
+                entity=entity.name,
+                pair=link.pair_id,
+                record=link.record_id,
+                detail="the record found is already linked to another pair",
+            )
+        if found:
+            log.info(
+                "doubts_resolved", entity=entity.name, found=len(found) - len(refused), doubts=len(doubts)
+            )
 
     async def _link(self, entity: EntitySpec, counts: PassCounts) -> None:
         """First sync of two populated systems: records sharing a normalised match key become
@@ -211,30 +286,52 @@ class SyncEngine:
         before = {side: self.connectors[side].stats.total for side in Side}
         started = time.monotonic()
         report = PassReport(run_id, kind, "ok", counts)
+        problems: list[str] = []
         try:
             for entity in entities:
                 if self.stopping.is_set():
-                    report.status = "stopped"
                     break
-                async with self._entity_lock(entity) as held:
-                    if not held:
-                        log.warning(
-                            "entity_busy",
-                            entity=entity.name,
-                            run=run_id,
-                            detail="another crmsyncd holds this entity's lock; skipped",
-                        )
-                        continue
-                    await body(entity, run_id, counts)
+                try:
+                    async with self._entity_lock(entity) as held:
+                        if not held:
+                            log.warning(
+                                "entity_busy",
+                                entity=entity.name,
+                                run=run_id,
+                                detail="another crmsyncd holds this entity's lock; skipped",
+                            )
+                            continue
+                        await body(entity, run_id, counts)
+                except DeleteGuardTripped as exc:
+                    report.status = "blocked"
+                    problems.append(f"{entity.name}: {exc}")
+                    log.error("delete_guard_tripped", entity=entity.name, run=run_id, error=str(exc))
+                except ConnectorError as exc:
+                    if exc.outcome is Outcome.AUTH_FAILED:
+                        raise AuthFailure(str(exc)) from None
+                    # A side that cannot be read now (5xx beyond the retries, a garbled listing):
+                    # this entity waits for the next pass, its cursor untouched; the others go on.
+                    if report.status == "ok":
+                        report.status = "partial"
+                    problems.append(f"{entity.name}: {exc}")
+                    log.error("entity_failed", entity=entity.name, run=run_id, error=str(exc))
             if self.stopping.is_set():
                 report.status = "stopped"
-        except (AuthFailure, ConnectorError) as exc:
+        except AuthFailure as exc:
             report.status = "failed"
-            report.error = str(exc)
+            problems.append(str(exc))
+        except Exception as exc:  # the database went away, or a bug: say so, keep the daemon up
+            report.status = "error"
+            problems.append(f"{type(exc).__name__}: {exc}")
+            log.exception(f"{kind}_pass_error", run=run_id, error=str(exc))
         finally:
+            report.error = "; ".join(problems) or None
             report.seconds = time.monotonic() - started
             report.requests = {side.value: self.connectors[side].stats.total - before[side] for side in Side}
-            await self.runs.finish(run_id, report.status, counts.as_dict(), report.requests, report.error)
+            try:
+                await self.runs.finish(run_id, report.status, counts.as_dict(), report.requests, report.error)
+            except Exception as exc:
+                log.error("run_history_unsaved", run=run_id, error=str(exc))
             log.info(
                 f"{kind}_pass",
                 run=run_id,
@@ -258,12 +355,23 @@ class SyncEngine:
                 if held:
                     await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
+    # -- reconciliation ------------------------------------------------------------------------
+
+    async def reconcile_pass(self, entities: Sequence[EntitySpec]) -> PassReport:
+        from crmsyncd.engine.reconcile import Reconciler
+
+        reconciler = Reconciler(self, self.settings.reconcile_budget, self.settings.delete_guard)
+        async with self._busy:
+            return await self._run("reconcile", () if self.stopping.is_set() else entities, reconciler.entity)
+
     # -- the retry job ------------------------------------------------------------------------
 
     async def retry_pass(
         self, entities: Sequence[EntitySpec], *, include_not_due: bool = False
     ) -> PassReport:
         async with self._busy:
+            if self.stopping.is_set():  # queued behind a pass during a stop: claim nothing
+                return await self._run("retry", (), self._nothing)
             claimed = await self.errors.claim_due(10_000, include_not_due=include_not_due)
             wanted = {e.name for e in entities}
             claimed = [row for row in claimed if row.entity in wanted]
@@ -272,36 +380,46 @@ class SyncEngine:
                 rows = [row for row in claimed if row.entity == entity.name]
                 if not rows:
                     return
+                await self.resolve_doubts(entity, counts)
                 await self.pairs.unpark([r.map_id for r in rows if r.map_id is not None])
-                for row in rows:
-                    if row.map_id is None:
-                        await self._restage(entity, row.side, row.payload, row.id, counts)
+                for side in Side:
+                    unmapped = [r for r in rows if r.map_id is None and r.side is side]
+                    if unmapped:
+                        await self._restage(entity, side, unmapped, counts)
                 await self.merge(entity, run_id, counts)
                 counts.retried_ok += await self._resolve_clean([r.id for r in rows])
 
             return await self._run("retry", entities, retry_entity)
 
     async def _restage(
-        self, entity: EntitySpec, side: Side, payload: Any, error_id: int, counts: PassCounts
+        self, entity: EntitySpec, side: Side, rows: Sequence[ErrorRow], counts: PassCounts
     ) -> None:
-        """A record parked before it reached the map goes through staging again, as if re-read."""
-        from crmsyncd.domain.records import BadRecord, parse_timestamp
-        from crmsyncd.engine.pager import _record_id
-
+        """Records parked before they reached the map go through staging again, as if re-read:
+        one batch per entity and side."""
         connector = self.connectors[side]
-        try:
-            record_id = _record_id(payload, connector.id_field)
-            stamp = parse_timestamp(payload.get(connector.updated_field), connector.updated_field)
-        except BadRecord as exc:
+        records: list[tuple[str, datetime, JSON]] = []
+        unusable: list[tuple[JSON, BadRecord]] = []
+        for row in rows:
+            try:
+                try:
+                    record_id = body_id(row.payload, connector.id_field)
+                except ValueError:
+                    raise BadRecord(connector.id_field, "missing or not an id") from None
+                stamp = parse_timestamp(row.payload.get(connector.updated_field), connector.updated_field)
+            except BadRecord as exc:
+                unusable.append((row.payload, exc))
+                continue
+            records.append((record_id, stamp, row.payload))
+        parked = set(
             await self.stager.stage(
-                entity, side, [], [(payload, exc)], counts, None, id_field=connector.id_field
+                entity, side, records, unusable, counts, None, id_field=connector.id_field
             )
-            return
-        parked = await self.stager.stage(
-            entity, side, [(record_id, stamp, payload)], [], counts, None, id_field=connector.id_field
         )
-        if not parked:
-            await self.errors.resolve(self.pool, [error_id])
+        staged_ids = {record_id for record_id, _, _ in records} - parked
+        await self.errors.resolve(self.pool, [r.id for r in rows if r.record_id in staged_ids])
+
+    async def _nothing(self, entity: EntitySpec, run_id: int, counts: PassCounts) -> None:
+        return None
 
     async def _resolve_clean(self, error_ids: Sequence[int]) -> int:
         """Claimed rows whose pair is now settled (by this merge or a pass meanwhile)."""

@@ -31,7 +31,7 @@ from yarl import URL
 from crmsyncd.domain.records import JSON, Side, format_timestamp
 from crmsyncd.sandbox.admin import ADMIN_PREFIX, admin_routes
 from crmsyncd.sandbox.faults import FaultPlan, FaultRule
-from crmsyncd.sandbox.listing import list_page, parse_list_query
+from crmsyncd.sandbox.listing import list_collection, parse_list_query
 from crmsyncd.sandbox.ratelimit import FixedWindowLimiter, Quota
 from crmsyncd.sandbox.responses import (
     JSON_TYPE,
@@ -57,6 +57,8 @@ API_PREFIX = "/api"
 SHUTDOWN_TIMEOUT = 0.25
 # A fault-injected 429 tells the client to come back after this many seconds.
 FAULT_RETRY_SECONDS = 1.0
+# A seed of more records than this drops the sorted orders and lets the next listing rebuild them.
+BULK_SEED = 1000
 
 ResourceHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
@@ -93,7 +95,8 @@ class SandboxServer:
         self.url = ""
         self._limiter = FixedWindowLimiter()
         self._collections = {
-            name: Collection(name, factory) for name, factory in self._id_factories(seed).items()
+            name: Collection(name, factory, unique=self.schemas[name].unique)
+            for name, factory in self._id_factories(seed).items()
         }
         self._runner: web.AppRunner | None = None
 
@@ -139,6 +142,8 @@ class SandboxServer:
                     raise ValueError(f"{resource} {body['id']} already exists")
                 seen.add(body["id"])
         stored: list[JSON] = []
+        if len(bodies) > BULK_SEED:
+            collection.forget_orders()
         for body in bodies:
             record_id = body.pop("id")
             while record_id is None:
@@ -175,6 +180,7 @@ class SandboxServer:
         record["updatedAt"] = (
             format_timestamp(self.now()) if updated is None else normalise_timestamp(updated, "updatedAt")
         )
+        self._collection(resource).put(record)  # re-index the changed record
         return deep_copy(record)
 
     def remove(self, resource: str, record_id: str) -> None:
@@ -374,7 +380,7 @@ class SandboxServer:
     async def _list(self, request: web.Request, resource: str) -> web.StreamResponse:
         schema = self.schemas[resource]
         query = parse_list_query(request.query, schema)
-        return json_response(list_page(self._collections[resource], query, schema))
+        return json_response(list_collection(self._collections[resource], query, schema))
 
     async def _read(self, request: web.Request, resource: str) -> web.StreamResponse:
         return json_response(self._existing(resource, request.match_info["id"]))
@@ -437,9 +443,9 @@ class SandboxServer:
         key = unique_key(changes[name])
         if key is None:
             return
-        for other in collection:
-            if other is not existing and unique_key(other.get(name)) == key:
-                raise ApiError(409, schema.unique_message.format(name=name))
+        own_id = None if existing is None else str(existing["id"])
+        if any(holder != own_id for holder in collection.holders(name, key)):
+            raise ApiError(409, schema.unique_message.format(name=name))
 
 
 def _seed_body(given: JSON, now: str) -> JSON:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from crmsyncd.domain.records import JSON, BadRecord, format_timestamp, parse_timestamp
 from crmsyncd.sandbox.responses import ApiError
 from crmsyncd.sandbox.schema import Schema
+from crmsyncd.sandbox.store import Collection, sort_key
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -65,16 +67,7 @@ def parse_list_query(query: Mapping[str, str], schema: Schema) -> ListQuery:
 
 
 def _sort_key(record: JSON, field: str) -> tuple[Any, ...]:
-    # Typed buckets keep a stray value from breaking the sort; the id settles ties so that
-    # records with equal stamps keep one stable order across requests.
-    value = record.get(field)
-    if isinstance(value, bool) or value is None:
-        bucket: tuple[Any, ...] = (2, "")
-    elif isinstance(value, int | float):
-        bucket = (0, value)
-    else:
-        bucket = (1, str(value).casefold())
-    return (*bucket, str(record.get("id", "")))
+    return sort_key(record, field)
 
 
 def list_page(records: Iterable[JSON], query: ListQuery, schema: Schema) -> JSON:
@@ -96,3 +89,56 @@ def list_page(records: Iterable[JSON], query: ListQuery, schema: Schema) -> JSON
             "totalPages": math.ceil(len(selected) / query.limit),
         },
     }
+
+
+def _envelope(data: list[JSON], total: int, query: ListQuery) -> JSON:
+    return {
+        "data": data,
+        "meta": {
+            "total": total,
+            "page": query.page,
+            "limit": query.limit,
+            "totalPages": math.ceil(total / query.limit),
+        },
+    }
+
+
+def list_collection(collection: Collection, query: ListQuery, schema: Schema) -> JSON:
+    """`list_page` over a collection, read from its sorted order instead of sorting every record.
+
+    The same answer as `list_page(collection, query, schema)`: keys are unique (the id settles
+    ties), so the sorted order is the sort's order and descending is its exact reverse. A delta
+    read (`sortBy=updatedAt` with `updatedAfter`, the sync's query) starts at a binary search:
+    stored `updatedAt` values all have the one fixed-width wire form, which orders the same
+    case-folded (the sort key) as raw (the filter)."""
+    keys = collection.ordered(query.sort_by)
+    lo = 0
+    after = query.updated_after
+    if after is not None and query.sort_by == "updatedAt":
+        # The first key whose value is greater than `after`: "after + NUL" is the least string
+        # above it, and a key (1, value, id) sorts after the 2-tuple (1, value).
+        lo = bisect_left(keys, (1, after.casefold() + "\x00"))
+        after = None
+    start = (query.page - 1) * query.limit
+    if after is None and not query.filters:
+        total = len(keys) - lo
+        stop = min(start + query.limit, total)
+        if query.descending:
+            positions: Iterable[int] = range(len(keys) - 1 - start, len(keys) - 1 - stop, -1)
+        else:
+            positions = range(lo + start, lo + stop)
+        rows = [collection.get(keys[i][-1]) for i in positions]
+        return _envelope([row for row in rows if row is not None], total, query)
+    candidates = keys[lo:]
+    if query.descending:
+        candidates.reverse()
+    selected: list[JSON] = []
+    for key in candidates:
+        record = collection.get(key[-1])
+        if record is None:
+            continue
+        if after is not None and not str(record.get("updatedAt", "")) > after:
+            continue
+        if all(schema.filters[name](value, record) for name, value in query.filters.items()):
+            selected.append(record)
+    return _envelope(selected[start : start + query.limit], len(selected), query)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import random
 import uuid
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from crmsyncd.domain.records import JSON, format_timestamp, parse_timestamp
+from crmsyncd.sandbox.schema import unique_key
 
 T = TypeVar("T")
 
@@ -93,13 +95,68 @@ class CounterIds:
         return f"{self._prefix}{self._counter:0{self._width}d}"
 
 
-class Collection:
-    """The records of one resource, keyed by id, in insertion order."""
+SortKey = tuple[Any, ...]
 
-    def __init__(self, name: str, new_id: IdFactory) -> None:
+
+def sort_key(record: JSON, field: str) -> SortKey:
+    """Where a record sorts by `field`: typed buckets keep a stray value from breaking the sort,
+    and the id settles ties, so that records with equal values keep one stable order across
+    requests (and no two records ever share a key)."""
+    value = record.get(field)
+    if isinstance(value, bool) or value is None:
+        bucket: tuple[Any, ...] = (2, "")
+    elif isinstance(value, int | float):
+        bucket = (0, value)
+    else:
+        bucket = (1, str(value).casefold())
+    return (*bucket, str(record.get("id", "")))
+
+
+class _Order:
+    """The sort keys of every record by one field, kept sorted as records are written.
+
+    Built on first use; after that a write costs a binary search and a list insertion, so a page
+    of a large collection is a slice instead of a sort of everything."""
+
+    def __init__(self, field: str, rows: dict[str, JSON]) -> None:
+        self.field = field
+        self.key_of = {rid: sort_key(record, field) for rid, record in rows.items()}
+        self.keys = sorted(self.key_of.values())
+
+    def update(self, rid: str, record: JSON) -> None:
+        key = sort_key(record, self.field)
+        old = self.key_of.get(rid)
+        if old == key:
+            return
+        if old is not None:
+            self._drop(old)
+        self.key_of[rid] = key
+        insort(self.keys, key)
+
+    def remove(self, rid: str) -> None:
+        old = self.key_of.pop(rid, None)
+        if old is not None:
+            self._drop(old)
+
+    def _drop(self, key: SortKey) -> None:
+        del self.keys[bisect_left(self.keys, key)]
+
+
+class Collection:
+    """The records of one resource, keyed by id, in insertion order.
+
+    Writes go through `put` (also after changing a stored record in place) and `delete`, which
+    keep two indexes current: the holders of each value of the `unique` field (compared with
+    `unique_key`), and a sorted order per field that has been listed by."""
+
+    def __init__(self, name: str, new_id: IdFactory, *, unique: str | None = None) -> None:
         self.name = name
         self._new_id = new_id
         self._rows: dict[str, JSON] = {}
+        self._unique = unique
+        self._unique_of: dict[str, str] = {}  # record id -> its unique key, for ids having one
+        self._holders: dict[str, set[str]] = {}  # unique key -> record ids
+        self._orders: dict[str, _Order] = {}
 
     def next_id(self) -> str:
         # Seeded records may carry ids in the server's own format; never hand one out twice.
@@ -122,7 +179,49 @@ class Collection:
         return self._rows.get(record_id)
 
     def put(self, record: JSON) -> None:
-        self._rows[str(record["id"])] = record
+        """Store a record, or re-index one changed in place."""
+        rid = str(record["id"])
+        self._rows[rid] = record
+        if self._unique is not None:
+            self._unindex_unique(rid)
+            key = unique_key(record.get(self._unique))
+            if key is not None:
+                self._unique_of[rid] = key
+                self._holders.setdefault(key, set()).add(rid)
+        for order in self._orders.values():
+            order.update(rid, record)
 
     def delete(self, record_id: str) -> bool:
-        return self._rows.pop(record_id, None) is not None
+        if self._rows.pop(record_id, None) is None:
+            return False
+        self._unindex_unique(record_id)
+        for order in self._orders.values():
+            order.remove(record_id)
+        return True
+
+    def _unindex_unique(self, rid: str) -> None:
+        old = self._unique_of.pop(rid, None)
+        if old is not None:
+            holders = self._holders[old]
+            holders.discard(rid)
+            if not holders:
+                del self._holders[old]
+
+    def holders(self, field: str, key: str) -> set[str]:
+        """Ids of the records whose `field` has unique key `key` (trimmed, case-folded)."""
+        if field == self._unique:
+            return set(self._holders.get(key, ()))
+        return {rid for rid, record in self._rows.items() if unique_key(record.get(field)) == key}
+
+    def ordered(self, field: str) -> list[SortKey]:
+        """Every record's `sort_key` by `field`, ascending (live: do not modify). The last item of
+        a key is the record's id."""
+        order = self._orders.get(field)
+        if order is None:
+            order = self._orders[field] = _Order(field, self._rows)
+        return order.keys
+
+    def forget_orders(self) -> None:
+        """Drop the sorted orders (rebuilt on the next listing): cheaper than keeping them
+        sorted through a large bulk insert in no particular order."""
+        self._orders.clear()

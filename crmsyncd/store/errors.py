@@ -126,6 +126,18 @@ class ErrorStore:
         )
         return [ErrorRow.from_row(r) for r in sorted(rows, key=lambda r: r["id"])]
 
+    async def dead_payloads(self, entity: str, side: Side, record_ids: Sequence[str]) -> dict[str, JSON]:
+        """Payloads of records already parked dead as unreadable, by record id."""
+        rows = await self.pool.fetch(
+            "SELECT record_id, payload FROM sync_error WHERE entity = $1 AND side = $2"
+            " AND record_id = ANY($3::text[]) AND map_id IS NULL AND status = 'dead'"
+            " AND error_class = 'bad_record'",
+            entity,
+            side.value,
+            list(record_ids),
+        )
+        return {row["record_id"]: row["payload"] for row in rows}
+
     async def resolve(self, conn: Executor, ids: Sequence[int]) -> None:
         if ids:
             await conn.execute(

@@ -32,6 +32,7 @@ class Pair:
     ecosire_pending_at: datetime | None
     crm_pending_at: datetime | None
     attempts: int
+    claimed_at: datetime | None
 
     def id_of(self, side: Side) -> str | None:
         return self.ecosire_id if side is Side.ECOSIRE else self.crm_id
@@ -88,6 +89,15 @@ class Settled:
     crm_pending_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class Link:
+    pair_id: int
+    side: Side
+    record_id: str
+    body: JSON
+    updated_at: datetime | None
+
+
 _PAIR_COLUMNS = ", ".join(Pair.__slots__)
 
 
@@ -129,6 +139,7 @@ class PairStore:
         if not batch:
             return
         rid, pend, pend_at = _col(side, "id"), _col(side, "pending"), _col(side, "pending_at")
+        seen = _col(side, "seen_at")
         await conn.execute(
             f"""
             INSERT INTO record_map (entity, {rid}, match_key, {pend}, {pend_at})
@@ -142,7 +153,10 @@ class PairStore:
                                   AND record_map.{pend_at} IS DISTINCT FROM EXCLUDED.{pend_at}
                              THEN 'ok' ELSE record_map.state END,
                 updated_at = now()
-            WHERE record_map.{pend_at} IS NULL OR record_map.{pend_at} <= EXCLUDED.{pend_at}
+            WHERE record_map.state <> 'deleted'
+              AND (record_map.{pend_at} IS NULL OR record_map.{pend_at} <= EXCLUDED.{pend_at})
+              -- not older than the version already merged (a replayed or re-read payload)
+              AND (record_map.{seen} IS NULL OR record_map.{seen} < EXCLUDED.{pend_at})
             """,
             entity,
             [o.record_id for o in batch],
@@ -180,6 +194,13 @@ class PairStore:
         if not pairs:
             return
         async with self.pool.acquire() as conn, conn.transaction():
+            # Open errors of the folded row follow it, so that settling the pair resolves them.
+            await conn.execute(
+                "UPDATE sync_error e SET map_id = p.e_row"
+                " FROM unnest($1::bigint[], $2::bigint[]) AS p(e_row, c_row) WHERE e.map_id = p.c_row",
+                [e for e, _ in pairs],
+                [c for _, c in pairs],
+            )
             moved = await conn.fetch(
                 """
                 DELETE FROM record_map m USING unnest($1::bigint[], $2::bigint[]) AS p(e_row, c_row)
@@ -216,7 +237,8 @@ class PairStore:
         have written remotely and then died, so the worker looks before it creates."""
         rows = await self.pool.fetch(
             f"""
-            UPDATE record_map m SET claim_run = $2, attempts = m.attempts + 1
+            UPDATE record_map m SET claim_run = $2, attempts = m.attempts + 1,
+                claimed_at = coalesce(m.claimed_at, now())
             WHERE m.id IN (
                 SELECT id FROM record_map
                 WHERE entity = $1 AND state = 'ok'
@@ -234,7 +256,7 @@ class PairStore:
         )
         return sorted((Pair.from_row(r) for r in rows), key=lambda p: p.id)
 
-    async def settle(self, conn: Executor, settled: Sequence[Settled]) -> None:
+    async def settle(self, conn: Executor, entity: str, settled: Sequence[Settled]) -> None:
         if not settled:
             return
         columns: list[list[Any]] = [[] for _ in range(10)]
@@ -269,7 +291,8 @@ class PairStore:
                                    THEN NULL ELSE m.crm_pending END,
                 crm_pending_at = CASE WHEN m.crm_pending_at IS NOT DISTINCT FROM u.cpat
                                       THEN NULL ELSE m.crm_pending_at END,
-                state = 'ok', claim_run = NULL, attempts = 0, synced_at = now(), updated_at = now()
+                state = 'ok', claim_run = NULL, attempts = 0, claimed_at = NULL, synced_at = now(),
+                updated_at = now()
             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
                  AS u(id, eid, cid, mkey, esnap, csnap, eseen, cseen, epat, cpat)
@@ -277,23 +300,78 @@ class PairStore:
             """,
             *columns,
         )
+        # Errors of these pairs are resolved, including rows parked before the record reached
+        # the map (unreadable then, fixed since), found by their record id.
         await conn.execute(
-            "UPDATE sync_error SET status = 'resolved', resolved_at = now(), updated_at = now()"
-            " WHERE map_id = ANY($1::bigint[]) AND status <> 'resolved'",
+            """
+            UPDATE sync_error SET status = 'resolved', resolved_at = now(), updated_at = now()
+            WHERE status <> 'resolved'
+              AND (map_id = ANY($1::bigint[])
+                   OR (map_id IS NULL AND entity = $2
+                       AND ((side = 'ecosire' AND record_id = ANY($3::text[]))
+                            OR (side = 'crm' AND record_id = ANY($4::text[])))))
+            """,
             [s.pair_id for s in settled],
+            entity,
+            [s.ecosire_id for s in settled],
+            [s.crm_id for s in settled],
         )
 
-    async def attach(self, conn: Executor, links: Sequence[tuple[int, Side, str]]) -> None:
-        """Record counterparts created by a merge that failed afterwards (parked, still linked)."""
+    async def attach(self, conn: Executor, links: Sequence[Link]) -> None:
+        """Record counterparts created by a merge that failed afterwards: the pair is linked, and
+        the created record is its observation on that side, so the retry has both sides' values."""
         for side in Side:
-            mine = [(pair_id, rid) for pair_id, s, rid in links if s is side]
+            mine = [link for link in links if link.side is side]
             if mine:
                 await conn.execute(
-                    f"UPDATE record_map m SET {_col(side, 'id')} = u.rid FROM"
-                    " unnest($1::bigint[], $2::text[]) AS u(id, rid) WHERE m.id = u.id",
-                    [p for p, _ in mine],
-                    [r for _, r in mine],
+                    f"UPDATE record_map m SET {_col(side, 'id')} = u.rid, {_col(side, 'pending')} = u.body,"
+                    f" {_col(side, 'pending_at')} = u.at"
+                    " FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::timestamptz[])"
+                    " AS u(id, rid, body, at) WHERE m.id = u.id",
+                    [link.pair_id for link in mine],
+                    [link.record_id for link in mine],
+                    [link.body for link in mine],
+                    [link.updated_at for link in mine],
                 )
+
+    async def in_doubt(self, entity: str) -> list[Pair]:
+        """Unlinked rows an unfinished claim may have created remotely (a crash, a lost answer)."""
+        rows = await self.pool.fetch(
+            f"SELECT {_PAIR_COLUMNS} FROM record_map WHERE entity = $1 AND attempts > 0"
+            " AND claimed_at IS NOT NULL AND state <> 'deleted' AND (ecosire_id IS NULL OR crm_id IS NULL)"
+            " ORDER BY id",
+            entity,
+        )
+        return [Pair.from_row(r) for r in rows]
+
+    async def adopt(self, links: Sequence[Link]) -> list[Link]:
+        """Attach found counterparts. A row that holds such a record unlinked (its own delta
+        showed it before we knew it was ours) is folded in; one linked elsewhere is left alone
+        and its link is returned as refused."""
+        refused: list[Link] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            for link in links:
+                rid, other = _col(link.side, "id"), _col(link.side.other, "id")
+                holder = await conn.fetchrow(
+                    f"SELECT id, {other} AS other FROM record_map WHERE entity ="
+                    f" (SELECT entity FROM record_map WHERE id = $1) AND {rid} = $2",
+                    link.pair_id,
+                    link.record_id,
+                )
+                if holder is not None and holder["id"] != link.pair_id:
+                    if holder["other"] is not None:
+                        refused.append(link)
+                        continue
+                    await conn.execute(
+                        "UPDATE sync_error SET map_id = $1 WHERE map_id = $2", link.pair_id, holder["id"]
+                    )
+                    await conn.execute("DELETE FROM record_map WHERE id = $1", holder["id"])
+                await self.attach(conn, [link])
+                # Linked now, the pair can be merged in this pass, which resolves its error row.
+                await conn.execute(
+                    "UPDATE record_map SET state = 'ok' WHERE id = $1 AND state = 'parked'", link.pair_id
+                )
+        return refused
 
     async def owner(self, entity: str, side: Side, record_id: str) -> int | None:
         owner: int | None = await self.pool.fetchval(
@@ -311,12 +389,67 @@ class PairStore:
         if pair_ids:
             await conn.execute(
                 "UPDATE record_map SET state = $2, claim_run = NULL, updated_at = now(),"
-                " attempts = CASE WHEN $3 THEN greatest(attempts - 1, 0) ELSE attempts END"
+                " attempts = CASE WHEN $3 THEN greatest(attempts - 1, 0) ELSE attempts END,"
+                " claimed_at = CASE WHEN $3 AND attempts <= 1 THEN NULL ELSE claimed_at END"
                 " WHERE id = ANY($1::bigint[])",
                 list(pair_ids),
                 state,
                 untouched,
             )
+
+    async def mark_deleted(self, conn: Executor, deleted: Sequence[tuple[int, Side]]) -> None:
+        """A pair whose record is gone on one side: kept, never written again, never re-created."""
+        if deleted:
+            await conn.execute(
+                "UPDATE record_map m SET state = 'deleted', deleted_side = u.side, deleted_at = now(),"
+                " claim_run = NULL, claimed_at = NULL, attempts = 0, ecosire_pending = NULL,"
+                " ecosire_pending_at = NULL, crm_pending = NULL, crm_pending_at = NULL, updated_at = now()"
+                " FROM unnest($1::bigint[], $2::text[]) AS u(id, side) WHERE m.id = u.id",
+                [pair_id for pair_id, _ in deleted],
+                [side.value for _, side in deleted],
+            )
+
+    async def linked_count(self, entity: str) -> int:
+        count: int = await self.pool.fetchval(
+            "SELECT count(*) FROM record_map WHERE entity = $1 AND state <> 'deleted'"
+            " AND ecosire_id IS NOT NULL AND crm_id IS NOT NULL",
+            entity,
+        )
+        return count
+
+    async def note_seen(self, sweep: int, ids: Sequence[str]) -> None:
+        await self.pool.execute(
+            "INSERT INTO reconcile_seen (sweep, record_id) SELECT $1, unnest($2::text[])"
+            " ON CONFLICT DO NOTHING",
+            sweep,
+            list(ids),
+        )
+
+    async def missing(self, entity: str, side: Side, sweep: int, before: datetime) -> tuple[list[Pair], int]:
+        """Linked pairs settled before the sweep began whose `side` id the full listing did not
+        show, and how many such pairs there are in all (the circuit breaker's base)."""
+        rid = _col(side, "id")
+        rows = await self.pool.fetch(
+            f"""
+            SELECT {_PAIR_COLUMNS} FROM record_map m
+            WHERE entity = $1 AND state <> 'deleted' AND {rid} IS NOT NULL AND synced_at < $3
+              AND NOT EXISTS (SELECT 1 FROM reconcile_seen s WHERE s.sweep = $2 AND s.record_id = m.{rid})
+            ORDER BY id
+            """,
+            entity,
+            sweep,
+            before,
+        )
+        total: int = await self.pool.fetchval(
+            f"SELECT count(*) FROM record_map WHERE entity = $1 AND state <> 'deleted'"
+            f" AND {rid} IS NOT NULL AND synced_at < $2",
+            entity,
+            before,
+        )
+        return [Pair.from_row(r) for r in rows], total
+
+    async def forget_sweep(self, sweep: int) -> None:
+        await self.pool.execute("DELETE FROM reconcile_seen WHERE sweep = $1", sweep)
 
     async def unpark(self, pair_ids: Sequence[int]) -> None:
         await self.pool.execute(
@@ -328,11 +461,14 @@ class PairStore:
         return await self.pool.fetch(
             """
             SELECT entity,
-                   count(*) FILTER (WHERE ecosire_id IS NOT NULL AND crm_id IS NOT NULL) AS linked,
-                   count(*) FILTER (WHERE ecosire_id IS NULL OR crm_id IS NULL) AS unlinked,
+                   count(*) FILTER (WHERE ecosire_id IS NOT NULL AND crm_id IS NOT NULL
+                                    AND state <> 'deleted') AS linked,
+                   count(*) FILTER (WHERE (ecosire_id IS NULL OR crm_id IS NULL)
+                                    AND state <> 'deleted') AS unlinked,
                    count(*) FILTER (WHERE ecosire_pending IS NOT NULL OR crm_pending IS NOT NULL)
                        AS pending,
-                   count(*) FILTER (WHERE state = 'parked') AS parked
+                   count(*) FILTER (WHERE state = 'parked') AS parked,
+                   count(*) FILTER (WHERE state = 'deleted') AS deleted
             FROM record_map GROUP BY entity ORDER BY entity
             """
         )
