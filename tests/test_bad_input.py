@@ -255,11 +255,6 @@ async def test_a_parked_record_fixed_at_its_source_syncs_and_its_row_is_resolved
     assert await open_errors(app) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/pager.py _digest() uses orjson.dumps, which refuses an unpaired surrogate: "
-    "a record with no id and broken text fails the pass (fix: digest a storable copy)",
-)
 async def test_a_record_with_no_id_and_broken_text_is_parked_too(
     app: App, eco: EcosireSandbox, crm: CrmSandbox
 ) -> None:

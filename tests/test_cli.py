@@ -29,7 +29,9 @@ async def test_sync_once_then_status_and_a_clean_errors_list(
     doc = orjson.loads(status.stdout)
     assert {(p["entity"], p["linked"]) for p in doc["pairs"]} == {("contacts", 3)}
     assert doc["last_pass"]["status"] == "ok"
-    assert {c["side"] for c in doc["cursors"]} == {"ecosire"}
+    assert {(c["entity"], c["side"]) for c in doc["cursors"]} == {
+        (entity, side) for entity in ("contacts", "deals") for side in ("ecosire", "crm")
+    }
     listing = await run_cli("errors", "list", env=env)
     assert listing.code == 0 and "the retry queue is empty" in listing.stdout
 

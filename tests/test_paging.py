@@ -486,26 +486,25 @@ async def test_edits_on_both_sides_while_the_pass_pages_sync_in_that_pass(
 async def test_late_commits_with_older_stamps_are_read_within_the_overlap(
     env: dict[str, str], eco: HookedEcosire, crm: HookedCrm
 ) -> None:
-    """A record committed after a pass, stamped before its cursor: the next pass re-reads
-    CRMSYNCD_OVERLAP seconds before the cursor and finds it; one older than the window waits for a
-    wider window, which the setting gives."""
+    """A record that becomes visible after a pass read, stamped up to CRMSYNCD_OVERLAP seconds
+    before (a late commit): the next pass re-reads that much before where the last read reached
+    and finds it; one committed later than the window allows waits for a wider window."""
     eco.clock, crm.clock = TickingClock(T0, MS), TickingClock(T0, MS)
     eco.seed("contacts", spread(eco_people(50), T0 - timedelta(seconds=20), timedelta(milliseconds=100)))
     crm.seed("contacts", spread(crm_people(50), T0 - timedelta(seconds=20), timedelta(milliseconds=100)))
 
     async with app_with() as app:  # the default overlap, 2 s
         await app.engine.sync_pass(app.entities)
-        eco_cursor, crm_cursor = await cursor(app, Side.ECOSIRE), await cursor(app, Side.CRM)
-        # Late commits: 1.5 s older than the cursor on each side, and one 10 s older on ECOSIRE.
+        # Late commits: stamped 1.5 s before they became visible on each side, and one 10 s.
         eco.seed(
-            "contacts", [{**eco_people(1, "elate")[0], "updatedAt": format_timestamp(eco_cursor - 1500 * MS)}]
+            "contacts", [{**eco_people(1, "elate")[0], "updatedAt": format_timestamp(eco.now() - 1500 * MS)}]
         )
         crm.seed(
-            "contacts", [{**crm_people(1, "clate")[0], "updatedAt": format_timestamp(crm_cursor - 1500 * MS)}]
+            "contacts", [{**crm_people(1, "clate")[0], "updatedAt": format_timestamp(crm.now() - 1500 * MS)}]
         )
         eco.seed(
             "contacts",
-            [{**eco_people(1, "later")[0], "updatedAt": format_timestamp(eco_cursor - 10_000 * MS)}],
+            [{**eco_people(1, "later")[0], "updatedAt": format_timestamp(eco.now() - 10_000 * MS)}],
         )
 
         # And one committed while the next pass pages, stamped a second before the server's now.
@@ -542,9 +541,9 @@ async def test_late_commits_with_older_stamps_are_read_within_the_overlap(
 async def test_without_overlap_the_cursor_stamp_itself_is_read_again(
     env: dict[str, str], eco: HookedEcosire, crm: HookedCrm
 ) -> None:
-    """CRMSYNCD_OVERLAP=0: the list filter is strictly after, so the cursor's own stamp must still
-    be asked for; a record sharing it that the last pass did not see (a commit in the same
-    millisecond landing late, or a crash inside a group of equal stamps) is not lost."""
+    """CRMSYNCD_OVERLAP=0: the list filter is strictly after, so after a read that did not
+    complete (a kill inside a group of equal stamps) the cursor's own stamp must still be asked
+    for; a record sharing it that the last pass did not see is not lost."""
     eco.clock, crm.clock = TickingClock(T0, MS), TickingClock(T0, MS)
     at = T0 - timedelta(minutes=5)
     eco.seed("contacts", [{**r, "updatedAt": format_timestamp(at)} for r in eco_people(5)])
@@ -552,6 +551,8 @@ async def test_without_overlap_the_cursor_stamp_itself_is_read_again(
     async with app_with(CRMSYNCD_OVERLAP="0") as app:
         await app.engine.sync_pass(app.entities)
         assert await cursor(app, Side.ECOSIRE) == at
+        # What a kill between the last page and the read's completion leaves behind.
+        await app.pool.execute("UPDATE sync_cursor SET read_until = NULL")
         eco.seed("contacts", [{**eco_people(1, "same")[0], "updatedAt": format_timestamp(at)}])
         again = await app.engine.sync_pass(app.entities)
         assert again.counts.created == {"crm": 1}

@@ -64,8 +64,15 @@ async def test_initial_sync_links_shared_emails_and_creates_the_rest(
     assert len(rows) == 4
     assert all(r["ecosire_id"] and r["crm_id"] for r in rows)
     assert all(r["ecosire_pending"] is None and r["crm_pending"] is None for r in rows)
-    cursors = await app.pool.fetch("SELECT entity, side FROM sync_cursor ORDER BY side")
-    assert [(c["entity"], c["side"]) for c in cursors] == [("contacts", "crm"), ("contacts", "ecosire")]
+    cursors = await app.pool.fetch("SELECT entity, side, read_until FROM sync_cursor ORDER BY entity, side")
+    # Every side was read to the end, deals (none yet) included.
+    assert [(c["entity"], c["side"]) for c in cursors] == [
+        ("contacts", "crm"),
+        ("contacts", "ecosire"),
+        ("deals", "crm"),
+        ("deals", "ecosire"),
+    ]
+    assert all(c["read_until"] is not None for c in cursors)
     runs = await app.pool.fetch("SELECT status, counts FROM sync_run")
     assert [r["status"] for r in runs] == ["ok"]
     assert runs[0]["counts"]["linked"] == 2

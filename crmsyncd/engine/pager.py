@@ -35,16 +35,14 @@ form of both APIs).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
-import orjson
-
 from crmsyncd.connectors.base import Connector, Page
 from crmsyncd.domain.records import JSON, BadRecord, format_timestamp, parse_timestamp
+from crmsyncd.engine.stage import anonymous_id
 from crmsyncd.observability.logging import get_logger
 
 log = get_logger()
@@ -52,7 +50,7 @@ log = get_logger()
 TICK = timedelta(milliseconds=1)
 # The Date header has one-second resolution; the margin keeps records stamped within the second
 # of the first answer inside this pass.
-_SIGNPOST_MARGIN = timedelta(seconds=1)
+SIGNPOST_MARGIN = timedelta(seconds=1)
 # Verification sweeps of one block before the pass gives up on it (each costs the block's pages).
 MAX_BLOCK_SWEEPS = 10
 # A last resort against a server whose list never ends; the logic above terminates without it.
@@ -65,6 +63,8 @@ class PageOfChanges:
 
     records: list[tuple[str, datetime, JSON]] = field(default_factory=list)
     unusable: list[tuple[JSON, BadRecord]] = field(default_factory=list)
+    # Set on the last page of a read that completed: everything stamped up to here was read.
+    read_until: datetime | None = None
 
     def __bool__(self) -> bool:
         return bool(self.records or self.unusable)
@@ -110,6 +110,7 @@ async def read_changes(
     pager = _Pager(connector, resource, since, page_size, max_requests, max_block_sweeps)
     async for page in pager.pages():
         yield page
+    yield PageOfChanges(read_until=pager.signpost)
 
 
 class _Pager:
@@ -269,7 +270,7 @@ class _Pager:
             self.resource, updated_after=self.anchor, page=page, limit=self.page_size
         )
         if self.signpost is None:
-            self.signpost = (result.server_time or datetime.now(UTC)) + _SIGNPOST_MARGIN
+            self.signpost = (result.server_time or datetime.now(UTC)) + SIGNPOST_MARGIN
             if self.anchor is not None and self.signpost < self.anchor:
                 # The server's clock is now before the cursor it gave us: it stepped back. Records
                 # stamped since then may sort before the cursor; a full reconciliation finds them.
@@ -344,7 +345,8 @@ def _when(moment: datetime | None) -> str | None:
 
 
 def _digest(body: JSON) -> str:
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+    # The same stable name staging parks such a record under (it survives unstorable text).
+    return anonymous_id(body)
 
 
 def _record_id(body: JSON, id_field: str) -> str:

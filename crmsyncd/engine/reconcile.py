@@ -61,7 +61,8 @@ class Reconciler:
         )
         try:
             async for page in pages:
-                await engine.pairs.note_seen(sweep, [rid for rid, _, _ in page.records])
+                if page.records:
+                    await engine.pairs.note_seen(sweep, [rid for rid, _, _ in page.records])
                 if engine.stopping.is_set():
                     return None
             return await engine.pairs.missing(entity.name, side, sweep, began)

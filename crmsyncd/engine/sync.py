@@ -27,8 +27,8 @@ from crmsyncd.engine.apply import (
 )
 from crmsyncd.engine.buffer import ResultBuffer
 from crmsyncd.engine.counts import PassCounts
+from crmsyncd.engine.pager import SIGNPOST_MARGIN, PagingLoop, read_changes
 from crmsyncd.engine.pager import TICK as PAGER_TICK
-from crmsyncd.engine.pager import PagingLoop, read_changes
 from crmsyncd.engine.stage import Cursor, Stager, resolve_refs
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import Pool
@@ -105,7 +105,13 @@ class SyncEngine:
         cursor = await self.cursors.get(entity.name, side)
         # The list filter is strictly after: one tick more keeps the window's first stamp (and,
         # with a zero overlap, the cursor's own stamp, whose later ids may be unread) inside it.
-        since = cursor[0] - self.settings.overlap - PAGER_TICK if cursor else None
+        since = None
+        if cursor is not None:
+            # A completed read saw everything up to its signpost: the next one starts there (less
+            # its margin), not at the last stamp, so a quiet pass re-reads only the overlap.
+            last_stamp, _, read_until = cursor
+            base = max(last_stamp, read_until - SIGNPOST_MARGIN) if read_until else last_stamp
+            since = base - self.settings.overlap - PAGER_TICK
         # Each API pages by its own size (CRM_PAGE_SIZE for the CRM); the engine's is a fallback.
         page_size = getattr(connector, "page_size", None)
         if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
@@ -114,6 +120,9 @@ class SyncEngine:
         try:
             async with contextlib.aclosing(pages):
                 async for page in pages:
+                    if page.read_until is not None:
+                        await self.cursors.read_until(entity.name, side, page.read_until)
+                        continue
                     last = max(((at, rid) for rid, at, _ in page.records), default=None)
                     await self.stager.stage(
                         entity,

@@ -478,13 +478,29 @@ class CursorStore:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
-    async def get(self, entity: str, side: Side) -> tuple[datetime, str] | None:
+    async def get(self, entity: str, side: Side) -> tuple[datetime, str, datetime | None] | None:
+        """(stamp, id) of the last record staged, and how far the last completed read reached."""
         row = await self.pool.fetchrow(
-            "SELECT updated_at, record_id FROM sync_cursor WHERE entity = $1 AND side = $2",
+            "SELECT updated_at, record_id, read_until FROM sync_cursor WHERE entity = $1 AND side = $2",
             entity,
             side.value,
         )
-        return (row["updated_at"], row["record_id"]) if row else None
+        return (row["updated_at"], row["record_id"], row["read_until"]) if row else None
+
+    async def read_until(self, entity: str, side: Side, signpost: datetime) -> None:
+        """A read of this side completed up to `signpost` (the server's clock): only moves forward.
+        A side that has no cursor yet (nothing staged) gets one just before the signpost."""
+        await self.pool.execute(
+            """
+            INSERT INTO sync_cursor (entity, side, updated_at, record_id, read_until)
+            VALUES ($1, $2, $3::timestamptz - interval '1 second', '', $3)
+            ON CONFLICT (entity, side) DO UPDATE SET read_until = EXCLUDED.read_until, saved_at = now()
+            WHERE sync_cursor.read_until IS NULL OR sync_cursor.read_until < EXCLUDED.read_until
+            """,
+            entity,
+            side.value,
+            signpost,
+        )
 
     async def save(
         self, conn: Executor, entity: str, side: Side, updated_at: datetime, record_id: str

@@ -21,3 +21,7 @@ ALTER TABLE sync_run ADD CONSTRAINT sync_run_kind_check CHECK (kind IN ('sync', 
 ALTER TABLE sync_run DROP CONSTRAINT sync_run_status_check;
 ALTER TABLE sync_run ADD CONSTRAINT sync_run_status_check
     CHECK (status IN ('running', 'ok', 'partial', 'blocked', 'failed', 'stopped', 'error'));
+
+-- How far (on the server's clock) the last completed read of a side reached: the next read starts
+-- there less the overlap, so a quiet pass does not re-read the last burst of changes for ever.
+ALTER TABLE sync_cursor ADD COLUMN read_until timestamptz;
