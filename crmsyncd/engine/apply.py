@@ -3,9 +3,9 @@ state or the reason it failed. No database access here: the caller batches the b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crmsyncd.connectors.base import Connector, ConnectorError, Outcome
@@ -22,13 +22,15 @@ from crmsyncd.domain.mapping import DeletePolicy, EntitySpec
 from crmsyncd.domain.merge import MergeResult, SideView, merge
 from crmsyncd.domain.records import JSON, BadRecord, Side, parse_timestamp
 from crmsyncd.engine.counts import PassCounts
+from crmsyncd.engine.doubts import scan_for_creates
 from crmsyncd.store.errors import Failure
 from crmsyncd.store.pairs import Link, Pair, Settled
 
-# How far back, before the first unfinished claim, a lookup by content searches: covers the
-# clock skew between our database and the target's server.
-LOOKUP_WINDOW = timedelta(minutes=10)
+# List requests one record's own lookup by content may spend (the pass-start scan has more).
 LOOKUP_PAGES = 5
+
+# Asks the store which of a side's ids are linked to a pair already.
+LinkedLookup = Callable[[str, Side, Sequence[str]], Awaitable[set[str]]]
 
 # Asks the store who already owns a remote record: the pair id, or None.
 OwnerLookup = Callable[[str, Side, str], Awaitable[int | None]]
@@ -103,12 +105,14 @@ class PairWorker:
         entity: EntitySpec,
         connectors: Mapping[Side, Connector],
         owner_of: OwnerLookup,
+        linked_ids: LinkedLookup,
         counts: PassCounts,
         guard: DeleteGuard | None = None,
     ) -> None:
         self.entity = entity
         self.connectors = connectors
         self.owner_of = owner_of
+        self.linked_ids = linked_ids
         self.counts = counts
         self.guard = guard or DeleteGuard(entity.name, 1.0, 0)
 
@@ -225,10 +229,29 @@ class PairWorker:
 
     def _view(self, pair: Pair, side: Side, refs: RefTable) -> SideView:
         pending = pair.pending(side)
+        base = pair.snapshot(side)
         if pending is not None:
             values = canonicalize(self.entity, side, pending, refs)
-            return SideView(values, pair.snapshot(side), pair.pending_at(side))
-        return SideView(pair.snapshot(side) or {}, pair.snapshot(side), pair.seen_at(side))
+            intended = pair.intended(side)
+            if intended and base is not None:
+                # A write of ours that landed before its bookkeeping was lost (a kill): where the
+                # side now holds what we meant to write, that is the base, not a user's change.
+                base = {**base, **{f: values[f] for f, vs in intended.items() if values.get(f) in vs}}
+            return SideView(values, base, pair.pending_at(side))
+        return SideView(base or {}, base, pair.seen_at(side))
+
+    def plan(self, pair: Pair, refs: RefTable) -> JSON | None:
+        """What this pair is about to write, per side, to be recorded before any remote call."""
+        try:
+            if pair.ecosire_id is not None and pair.crm_id is not None:
+                views = {side: self._view(pair, side, refs) for side in Side}
+                result = merge(self.entity, views[Side.ECOSIRE], views[Side.CRM])
+                return {side.value: w for side, w in result.writes.items() if w} or None
+            source = Side.ECOSIRE if pair.ecosire_id is not None else Side.CRM
+            target = source.other
+            return {target.value: self.create_values(self._view(pair, source, refs), target)}
+        except (BadRecord, UnresolvedReference):
+            return None  # the worker parks it with the reason
 
     # -- records with no counterpart yet ------------------------------------------------------
 
@@ -239,15 +262,12 @@ class PairWorker:
         connector = self.connectors[target]
         resource = self.entity.resource(target)
         counterpart: JSON | None = None
-        values = {
-            spec.name: source_view.values.get(spec.name)
-            for spec in self.entity.fields
-            if spec.direction.flows_to(target) and source_view.values.get(spec.name) not in (None, [])
-        }
+        values = self.create_values(source_view, target)
         # More than one claim means an earlier attempt may have created the record and died
         # before its bookkeeping: look before creating again.
         if pair.attempts > 1:
-            counterpart = await self._find(pair, target, values, refs)
+            # Looked up by what the earlier attempt sent, if it recorded it.
+            counterpart = await self._find(pair, target, pair.last_intended(target) or values, refs)
         linked = counterpart is not None
         if counterpart is None:
             body = to_remote(self.entity, target, values, refs)
@@ -309,14 +329,12 @@ class PairWorker:
         await self._write(linked_pair, result, views, refs)
         return self._settled(linked_pair, result, views)
 
-    async def _find(
-        self, pair: Pair, target: Side, values: Values, refs: RefTable, *, owned_ok: bool = False
-    ) -> JSON | None:
+    async def _find(self, pair: Pair, target: Side, values: Values, refs: RefTable) -> JSON | None:
         """The counterpart an earlier, unfinished attempt may have created: by the match key where
         the record has one, else by content among the target's records changed since the claim."""
         key_field = self.entity.match_key
         if key_field is None or pair.match_key is None:
-            return await self._find_by_content(pair, target, values, refs, owned_ok)
+            return await self._find_by_content(pair, target, values, refs)
         spec = self.entity.field(key_field)
         found = await self.connectors[target].find_by_field(
             self.entity.resource(target), spec.remote_name(target), pair.match_key
@@ -324,29 +342,30 @@ class PairWorker:
         matches = [r for r in found if normalise_key(r.get(spec.remote_name(target))) == pair.match_key]
         return self._one(matches, target, f"{key_field} {pair.match_key!r}")
 
-    async def _find_by_content(
-        self, pair: Pair, target: Side, values: Values, refs: RefTable, owned_ok: bool = False
-    ) -> JSON | None:
+    async def _find_by_content(self, pair: Pair, target: Side, values: Values, refs: RefTable) -> JSON | None:
         connector = self.connectors[target]
-        since = (pair.claimed_at or datetime.now(UTC)) - LOOKUP_WINDOW
-        matches: list[JSON] = []
-        for page_number in range(1, LOOKUP_PAGES + 1):
-            page = await connector.list_page(
-                self.entity.resource(target), updated_after=since, page=page_number, limit=100
+        scan = await scan_for_creates(
+            self.entity,
+            connector,
+            target,
+            [(pair, values)],
+            refs,
+            max_requests=LOOKUP_PAGES,
+            taken=functools.partial(self.linked_ids, self.entity.name, target),
+        )
+        matches = []
+        for body in scan.matches.get(pair.id, []):
+            record_id = str(body.get(connector.id_field, ""))
+            if record_id and await self.owner_of(self.entity.name, target, record_id) is None:
+                matches.append(body)
+        if not matches and not scan.complete:
+            # Not found is not proven: creating now could make a second copy. Wait, parked.
+            raise ConnectorError(
+                Outcome.RETRY,
+                f"lookup incomplete: more than {LOOKUP_PAGES} pages of {target.value} "
+                f"{self.entity.name} changed since the earlier attempt; not created again yet",
+                side=target,
             )
-            for body in page.records:
-                try:
-                    seen = canonicalize(self.entity, target, body, refs)
-                except (BadRecord, UnresolvedReference):
-                    continue
-                if all(seen.get(name) == value for name, value in values.items()):
-                    record_id = str(body.get(connector.id_field, ""))
-                    if record_id and (
-                        owned_ok or await self.owner_of(self.entity.name, target, record_id) is None
-                    ):
-                        matches.append(body)
-            if page_number >= page.total_pages:
-                break
         return self._one(matches, target, "the same content")
 
     def _one(self, matches: list[JSON], target: Side, what: str) -> JSON | None:
@@ -359,24 +378,16 @@ class PairWorker:
             )
         return matches[0] if matches else None
 
-    async def lost_create(self, pair: Pair, refs: RefTable) -> Link | None:
-        """For a record whose create may have been applied without our hearing of it: the
-        counterpart, if the target has it."""
-        source = Side.ECOSIRE if pair.ecosire_id is not None else Side.CRM
-        target = source.other
-        view = self._view(pair, source, refs)
-        values = {
+    def create_values(self, view: SideView, target: Side) -> Values:
+        """What a create on `target` sends: the fields that flow there and hold something."""
+        return {
             spec.name: view.values.get(spec.name)
             for spec in self.entity.fields
             if spec.direction.flows_to(target) and view.values.get(spec.name) not in (None, [])
         }
-        found = await self._find(pair, target, values, refs, owned_ok=True)
-        if found is None:
-            return None
-        connector = self.connectors[target]
-        return Link(
-            pair.id, target, str(found.get(connector.id_field)), found, _stamp(found, connector.updated_field)
-        )
+
+    def view_of(self, pair: Pair, side: Side, refs: RefTable) -> SideView:
+        return self._view(pair, side, refs)
 
     # -- failures -----------------------------------------------------------------------------
 

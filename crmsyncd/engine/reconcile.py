@@ -85,7 +85,9 @@ class Reconciler:
     ) -> None:
         engine = self.engine
         connector = engine.connectors[side]
-        worker = PairWorker(entity, engine.connectors, engine.pairs.owner, counts, guard)
+        worker = PairWorker(
+            entity, engine.connectors, engine.pairs.owner, engine.pairs.linked_ids, counts, guard
+        )
         async with ResultBuffer(entity.name, engine.pool, engine.pairs, engine.errors) as buffer:
             for pair in missing:
                 record_id = pair.id_of(side) or ""

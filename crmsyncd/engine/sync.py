@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -14,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from crmsyncd.connectors.base import Connector, ConnectorError, Outcome, body_id
+from crmsyncd.domain.canonical import UnresolvedReference
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import JSON, BadRecord, Side, parse_timestamp
 from crmsyncd.engine.apply import (
@@ -27,13 +29,14 @@ from crmsyncd.engine.apply import (
 )
 from crmsyncd.engine.buffer import ResultBuffer
 from crmsyncd.engine.counts import PassCounts
+from crmsyncd.engine.doubts import scan_for_creates
 from crmsyncd.engine.pager import SIGNPOST_MARGIN, PagingLoop, read_changes
 from crmsyncd.engine.pager import TICK as PAGER_TICK
 from crmsyncd.engine.stage import Cursor, Stager, resolve_refs
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import Pool
 from crmsyncd.store.errors import Backoff, ErrorRow, ErrorStore, Failure
-from crmsyncd.store.pairs import CursorStore, Pair, PairStore
+from crmsyncd.store.pairs import CursorStore, Link, Pair, PairStore
 from crmsyncd.store.runs import RunStore
 
 log = get_logger()
@@ -112,11 +115,9 @@ class SyncEngine:
             last_stamp, _, read_until = cursor
             base = max(last_stamp, read_until - SIGNPOST_MARGIN) if read_until else last_stamp
             since = base - self.settings.overlap - PAGER_TICK
-        # Each API pages by its own size (CRM_PAGE_SIZE for the CRM); the engine's is a fallback.
-        page_size = getattr(connector, "page_size", None)
-        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
-            page_size = self.settings.page_size
-        pages = read_changes(connector, entity.resource(side), since=since, page_size=page_size)
+        pages = read_changes(
+            connector, entity.resource(side), since=since, page_size=self._page_size(connector)
+        )
         try:
             async with contextlib.aclosing(pages):
                 async for page in pages:
@@ -149,7 +150,7 @@ class SyncEngine:
         guard = DeleteGuard(
             entity.name, self.settings.delete_guard, await self.pairs.linked_count(entity.name)
         )
-        worker = PairWorker(entity, self.connectors, self.pairs.owner, counts, guard)
+        worker = PairWorker(entity, self.connectors, self.pairs.owner, self.pairs.linked_ids, counts, guard)
         queue: asyncio.Queue[tuple[Pair, Any] | None] = asyncio.Queue(self.settings.queue_size)
         waiting: set[int] = set()  # claimed, not yet started: their claim can be undone
         started: set[int] = set()  # a remote write may have happened: the doubt is kept
@@ -163,6 +164,9 @@ class SyncEngine:
                         break
                     wanted = wanted_refs(entity, batch)
                     refs = await resolve_refs(self.pairs, entity, wanted) if wanted else {}
+                    # Recorded before any remote call: a kill then leaves what was meant.
+                    plans = ((pair, worker.plan(pair, refs)) for pair in batch)
+                    await self.pairs.set_intents([(p.id, p.with_intent(plan)) for p, plan in plans if plan])
                     for pair in batch:
                         waiting.add(pair.id)
                         await queue.put((pair, refs))
@@ -206,27 +210,71 @@ class SyncEngine:
             raise aborted[0]
 
     async def resolve_doubts(self, entity: EntitySpec, counts: PassCounts) -> None:
-        """Before anything is read: a create that may have happened without our hearing of it
-        (a lost answer, a crash) is looked up on the target, so that the record, when the delta
-        shows it, is known as ours and not taken for a new one to copy back."""
+        """Before anything is read: creates that may have happened without our hearing of it (a
+        lost answer, a kill) are looked up on the target in one scan per side, so that such a
+        record, when the delta shows it, is known as ours and not taken for a new one to copy
+        back. Doubts the scan proves absent are cleared; the rest stay doubts."""
         doubts = await self.pairs.in_doubt(entity.name)
         if not doubts:
             return
-        worker = PairWorker(entity, self.connectors, self.pairs.owner, counts)
+        worker = PairWorker(entity, self.connectors, self.pairs.owner, self.pairs.linked_ids, counts)
         wanted = wanted_refs(entity, doubts)
         refs = await resolve_refs(self.pairs, entity, wanted) if wanted else {}
-        found = []
-        for pair in doubts:
+        found: list[Link] = []
+        cleared: list[int] = []
+        for target in Side:
+            items = []
+            for pair in doubts:
+                source = Side.ECOSIRE if pair.ecosire_id is not None else Side.CRM
+                if source.other is not target:
+                    continue
+                try:
+                    # What the unfinished attempt sent, if it recorded it; else what it would send.
+                    values = pair.last_intended(target) or worker.create_values(
+                        worker.view_of(pair, source, refs), target
+                    )
+                except (BadRecord, UnresolvedReference):
+                    continue  # its merge parks it with the reason
+                items.append((pair, values))
+            if not items:
+                continue
+            connector = self.connectors[target]
             try:
-                link = await worker.lost_create(pair, refs)
+                scan = await scan_for_creates(
+                    entity,
+                    connector,
+                    target,
+                    items,
+                    refs,
+                    max_requests=self.settings.reconcile_budget,
+                    taken=functools.partial(self.pairs.linked_ids, entity.name, target),
+                    page_size=self._page_size(connector),
+                )
             except ConnectorError as exc:
                 if exc.outcome is Outcome.AUTH_FAILED:
                     raise
-                log.warning("doubt_unresolved", entity=entity.name, pair=pair.id, error=str(exc))
+                log.warning("doubts_unresolved", entity=entity.name, side=target.value, error=str(exc))
                 continue
-            if link is not None:
-                found.append(link)
+            if scan.by_likeness:
+                log.warning(
+                    "doubts_matched_by_likeness",
+                    entity=entity.name,
+                    side=target.value,
+                    count=scan.by_likeness,
+                    detail="copies we created and users edited before we could look for them",
+                )
+            for pair, _ in items:
+                bodies = {str(b.get(connector.id_field)): b for b in scan.matches.get(pair.id, [])}
+                if len(bodies) == 1:
+                    [(record_id, body)] = bodies.items()
+                    stamp = body.get(connector.updated_field)
+                    found.append(
+                        Link(pair.id, target, record_id, body, parse_timestamp(stamp) if stamp else None)
+                    )
+                elif not bodies and scan.complete:
+                    cleared.append(pair.id)
         refused = await self.pairs.adopt(found)
+        await self.pairs.clear_doubt(cleared)
         counts.linked += len(found) - len(refused)
         for link in refused:
             log.warning(
@@ -236,10 +284,20 @@ class SyncEngine:
                 record=link.record_id,
                 detail="the record found is already linked to another pair",
             )
-        if found:
-            log.info(
-                "doubts_resolved", entity=entity.name, found=len(found) - len(refused), doubts=len(doubts)
-            )
+        log.info(
+            "doubts_resolved",
+            entity=entity.name,
+            doubts=len(doubts),
+            found=len(found) - len(refused),
+            proven_absent=len(cleared),
+        )
+
+    def _page_size(self, connector: Connector) -> int:
+        """Each API pages by its own size (CRM_PAGE_SIZE for the CRM); the engine's is a fallback."""
+        page_size = getattr(connector, "page_size", None)
+        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
+            return self.settings.page_size
+        return page_size
 
     async def _link(self, entity: EntitySpec, counts: PassCounts) -> None:
         """First sync of two populated systems: records sharing a normalised match key become

@@ -33,6 +33,7 @@ class Pair:
     crm_pending_at: datetime | None
     attempts: int
     claimed_at: datetime | None
+    intent: JSON | None  # {"ecosire"|"crm": {field: value}} written before the remote calls
 
     def id_of(self, side: Side) -> str | None:
         return self.ecosire_id if side is Side.ECOSIRE else self.crm_id
@@ -48,6 +49,28 @@ class Pair:
 
     def seen_at(self, side: Side) -> datetime | None:
         return self.ecosire_seen_at if side is Side.ECOSIRE else self.crm_seen_at
+
+    def intended(self, side: Side) -> dict[str, list[Any]]:
+        """Per field, every value an unfinished claim may have written to `side`."""
+        found = (self.intent or {}).get(side.value)
+        return found if isinstance(found, dict) else {}
+
+    def last_intended(self, side: Side) -> JSON:
+        """What the latest unfinished attempt meant to write (a create's body, in values)."""
+        return {name: values[-1] for name, values in self.intended(side).items() if values}
+
+    def with_intent(self, plan: JSON) -> JSON:
+        """The intent once `plan` is added: earlier values are kept, since a kill may have
+        landed any of them (each claim that did not finish adds what it meant to write)."""
+        out: JSON = {
+            side: {f: list(v) for f, v in fields.items()} for side, fields in (self.intent or {}).items()
+        }
+        for side, fields in plan.items():
+            for name, value in fields.items():
+                known = out.setdefault(side, {}).setdefault(name, [])
+                if value not in known:
+                    known.append(value)
+        return out
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Pair:
@@ -291,7 +314,8 @@ class PairStore:
                                    THEN NULL ELSE m.crm_pending END,
                 crm_pending_at = CASE WHEN m.crm_pending_at IS NOT DISTINCT FROM u.cpat
                                       THEN NULL ELSE m.crm_pending_at END,
-                state = 'ok', claim_run = NULL, attempts = 0, claimed_at = NULL, synced_at = now(),
+                state = 'ok', claim_run = NULL, attempts = 0, claimed_at = NULL, intent = NULL,
+                synced_at = now(),
                 updated_at = now()
             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
@@ -344,6 +368,36 @@ class PairStore:
         )
         return [Pair.from_row(r) for r in rows]
 
+    async def set_intents(self, intents: Sequence[tuple[int, JSON]]) -> None:
+        """Record, before any remote call, what each claimed pair is about to write."""
+        if intents:
+            await self.pool.execute(
+                "UPDATE record_map m SET intent = u.intent"
+                " FROM unnest($1::bigint[], $2::jsonb[]) AS u(id, intent) WHERE m.id = u.id",
+                [pair_id for pair_id, _ in intents],
+                [intent for _, intent in intents],
+            )
+
+    async def linked_ids(self, entity: str, side: Side, ids: Sequence[str]) -> set[str]:
+        """Which of these `side` ids belong to a pair linked on both sides."""
+        rows = await self.pool.fetch(
+            f"SELECT {_col(side, 'id')} AS rid FROM record_map WHERE entity = $1"
+            f" AND {_col(side, 'id')} = ANY($2::text[]) AND {_col(side.other, 'id')} IS NOT NULL",
+            entity,
+            list(ids),
+        )
+        return {r["rid"] for r in rows}
+
+    async def clear_doubt(self, pair_ids: Sequence[int]) -> None:
+        """Doubts a complete scan of the target proved groundless: their next create is safe."""
+        if pair_ids:
+            await self.pool.execute(
+                "UPDATE record_map SET attempts = 0, claimed_at = NULL, intent = NULL"
+                " WHERE id = ANY($1::bigint[])"
+                " AND (ecosire_id IS NULL OR crm_id IS NULL)",
+                list(pair_ids),
+            )
+
     async def adopt(self, links: Sequence[Link]) -> list[Link]:
         """Attach found counterparts. A row that holds such a record unlinked (its own delta
         showed it before we knew it was ours) is folded in; one linked elsewhere is left alone
@@ -390,7 +444,8 @@ class PairStore:
             await conn.execute(
                 "UPDATE record_map SET state = $2, claim_run = NULL, updated_at = now(),"
                 " attempts = CASE WHEN $3 THEN greatest(attempts - 1, 0) ELSE attempts END,"
-                " claimed_at = CASE WHEN $3 AND attempts <= 1 THEN NULL ELSE claimed_at END"
+                " claimed_at = CASE WHEN $3 AND attempts <= 1 THEN NULL ELSE claimed_at END,"
+                " intent = CASE WHEN $3 AND attempts <= 1 THEN NULL ELSE intent END"
                 " WHERE id = ANY($1::bigint[])",
                 list(pair_ids),
                 state,
@@ -402,7 +457,7 @@ class PairStore:
         if deleted:
             await conn.execute(
                 "UPDATE record_map m SET state = 'deleted', deleted_side = u.side, deleted_at = now(),"
-                " claim_run = NULL, claimed_at = NULL, attempts = 0, ecosire_pending = NULL,"
+                " claim_run = NULL, claimed_at = NULL, attempts = 0, intent = NULL, ecosire_pending = NULL,"
                 " ecosire_pending_at = NULL, crm_pending = NULL, crm_pending_at = NULL, updated_at = now()"
                 " FROM unnest($1::bigint[], $2::text[]) AS u(id, side) WHERE m.id = u.id",
                 [pair_id for pair_id, _ in deleted],

@@ -25,3 +25,8 @@ ALTER TABLE sync_run ADD CONSTRAINT sync_run_status_check
 -- How far (on the server's clock) the last completed read of a side reached: the next read starts
 -- there less the overlap, so a quiet pass does not re-read the last burst of changes for ever.
 ALTER TABLE sync_cursor ADD COLUMN read_until timestamptz;
+
+-- The writes a claimed pair is about to make, per side (canonical values), recorded before any
+-- remote call: after a kill, a value found equal to the intent is known as our own write, and a
+-- create is looked up by what it actually sent.
+ALTER TABLE record_map ADD COLUMN intent jsonb;
