@@ -29,14 +29,16 @@ class DatabaseUnavailable(Exception):
 
 
 @contextlib.asynccontextmanager
-async def open_database(settings: Settings, *, apply_migrations: bool = True) -> AsyncIterator[Pool]:
+async def open_database(
+    settings: Settings, *, apply_migrations: bool = True, stop_embedded: bool = False
+) -> AsyncIterator[Pool]:
     """The state store: CRMSYNCD_DATABASE_URL, or the embedded server under CRMSYNCD_DATA_DIR."""
     embedded: EmbeddedPostgres | None = None
     if settings.database_url is not None:
         dsn = settings.database_url.get_secret_value()
         where = "CRMSYNCD_DATABASE_URL"
     else:
-        embedded = EmbeddedPostgres(Path(settings.data_dir) / "pgdata")
+        embedded = EmbeddedPostgres(Path(settings.data_dir) / "pgdata", stop_on_exit=stop_embedded)
         try:
             dsn = await embedded.start()
         except Exception as exc:
@@ -56,6 +58,8 @@ async def open_database(settings: Settings, *, apply_migrations: bool = True) ->
         yield pool
     finally:
         await pool.close()
+        if embedded is not None and stop_embedded:
+            await embedded.stop()
 
 
 def build_connectors(settings: Settings, session: aiohttp.ClientSession) -> dict[Side, Connector]:
@@ -113,10 +117,12 @@ def load_app_mapping(settings: Settings) -> MappingSpec:
 
 
 @contextlib.asynccontextmanager
-async def open_app(settings: Settings, mapping: MappingSpec | None = None) -> AsyncIterator[App]:
+async def open_app(
+    settings: Settings, mapping: MappingSpec | None = None, *, stop_embedded: bool = False
+) -> AsyncIterator[App]:
     mapping = mapping or load_app_mapping(settings)
     settings.require_remotes()
-    async with open_database(settings) as pool:
+    async with open_database(settings, stop_embedded=stop_embedded) as pool:
         session = make_session(settings.http_timeout)
         try:
             connectors = build_connectors(settings, session)

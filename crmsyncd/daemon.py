@@ -22,7 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from crmsyncd.app import App, open_app
 from crmsyncd.config import Settings
-from crmsyncd.engine.sync import PassReport
+from crmsyncd.engine.sync import DATABASE_ERRORS, PassReport
 from crmsyncd.observability.logging import get_logger
 
 log = get_logger()
@@ -112,6 +112,15 @@ async def _serve(app: App, settings: Settings, stopper: _Stopper) -> int:
             report = await _job(app, job)
         except asyncio.CancelledError:
             log.warning("job_cancelled", job=job)
+            return
+        except DATABASE_ERRORS as exc:
+            # The state database is away (restarting, unreachable): say so plainly; the next
+            # interval tries again and the pool reconnects by itself.
+            log.error(
+                "database_unavailable",
+                job=job,
+                error=f"state database (PostgreSQL) unreachable: {type(exc).__name__}: {exc}",
+            )
             return
         except Exception as exc:  # a job must never take the scheduler down with it
             log.exception("job_crashed", job=job, error=str(exc))

@@ -57,7 +57,7 @@ async def run_demo(
                 }
             )
             say("  state: embedded PostgreSQL in a temporary directory\n")
-            async with open_app(demo_settings) as app:
+            async with open_app(demo_settings, stop_embedded=True) as app:
                 reports: list[PassReport] = []
                 for number in range(1, MAX_PASSES + 1):
                     report = await app.engine.sync_pass(app.entities)

