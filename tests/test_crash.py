@@ -204,14 +204,6 @@ async def test_a_lost_deal_create_is_found_among_many_recent_deals(
 
 # -- a kill between a remote update and its bookkeeping ------------------------------------------
 
-# Open: intents recorded before each write cover the precise case (the test below passes), but
-# the storm still shows, in some runs, a few fields where both sides agree on a value that is not
-# the last edit, with nothing parked. Until that is found the storm tolerates only this.
-ECHO_TAKEN_FOR_AN_EDIT = (
-    "a kill -9 around a write can still, in some storm runs, leave both sides agreeing on a value "
-    "that is not the user's last edit (0 to 4 fields of about 780 edited)"
-)
-
 
 async def test_a_kill_between_an_update_and_its_bookkeeping_does_not_undo_a_later_edit(
     env: dict[str, str], eco: EcosireSandbox, crm: CrmSandbox, pool: Pool
@@ -247,11 +239,6 @@ async def test_a_kill_between_an_update_and_its_bookkeeping_does_not_undo_a_late
 # -- kill -9 at random moments -------------------------------------------------------------------
 
 
-class KnownCrashBugs(Exception):
-    """The storm found only problems that match the known bugs' fingerprints (see World.triage)."""
-
-
-@pytest.mark.xfail(strict=False, raises=KnownCrashBugs, reason=ECHO_TAKEN_FOR_AN_EDIT)
 @pytest.mark.timeout(300)
 async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     env: dict[str, str],
@@ -344,9 +331,7 @@ async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
                     print("daemon event:", e)
     assert converged, f"no convergence after {passes} passes:\n{final.tail()}"
     assert not unexplained, "\n".join(unexplained[:40])
-    assert known["lost create of a deal"] == 0, audit.summary()  # duplicates: never tolerated
-    if any(known.values()):
-        raise KnownCrashBugs(f"{numbers}\n{audit.summary()}")
+    assert not any(known.values()), f"{numbers}\n{audit.summary()}"
     assert audit.clean, audit.summary()
 
 

@@ -268,14 +268,14 @@ class SyncEngine:
                     count=scan.by_likeness,
                     detail="copies we created and users edited before we could look for them",
                 )
-            for pair, _ in items:
+            for pair, sent in items:
                 bodies = {str(b.get(connector.id_field)): b for b in scan.matches.get(pair.id, [])}
                 if len(bodies) == 1:
                     [(record_id, body)] = bodies.items()
                     stamp = body.get(connector.updated_field)
-                    found.append(
-                        Link(pair.id, target, record_id, body, parse_timestamp(stamp) if stamp else None)
-                    )
+                    at = parse_timestamp(stamp) if stamp else None
+                    # What the create sent is what both sides agreed on at that moment.
+                    found.append(Link(pair.id, target, record_id, body, at, base=sent))
                 elif not bodies and scan.complete:
                     cleared.append(pair.id)
         refused = await self.pairs.adopt(found)

@@ -119,6 +119,9 @@ class Link:
     record_id: str
     body: JSON
     updated_at: datetime | None
+    # The values the record was created with, where known: the base both sides start from, so
+    # that edits made to either since the create are told apart from what the create wrote.
+    base: JSON | None = None
 
 
 _PAIR_COLUMNS = ", ".join(Pair.__slots__)
@@ -349,13 +352,16 @@ class PairStore:
             if mine:
                 await conn.execute(
                     f"UPDATE record_map m SET {_col(side, 'id')} = u.rid, {_col(side, 'pending')} = u.body,"
-                    f" {_col(side, 'pending_at')} = u.at"
-                    " FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::timestamptz[])"
-                    " AS u(id, rid, body, at) WHERE m.id = u.id",
+                    f" {_col(side, 'pending_at')} = u.at,"
+                    " ecosire_snapshot = coalesce(m.ecosire_snapshot, u.base),"
+                    " crm_snapshot = coalesce(m.crm_snapshot, u.base)"
+                    " FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::jsonb[])"
+                    " AS u(id, rid, body, at, base) WHERE m.id = u.id",
                     [link.pair_id for link in mine],
                     [link.record_id for link in mine],
                     [link.body for link in mine],
                     [link.updated_at for link in mine],
+                    [link.base for link in mine],
                 )
 
     async def in_doubt(self, entity: str) -> list[Pair]:
