@@ -77,6 +77,19 @@ async def assert_complete_without_duplicates(
     assert (line["status"], line["writes"], line["parked"]) == ("ok", 0, {})
 
 
+async def sigterm_once(daemon: Daemon, moment: asyncio.Event, stop_within: float) -> tuple[int, float]:
+    """Start the daemon, send SIGTERM at `moment`; its exit code and how long it took to stop."""
+    await daemon.start()
+    try:
+        await asyncio.wait_for(moment.wait(), 45)
+        signalled = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(daemon.proc.wait(), stop_within)
+        return code, time.monotonic() - signalled
+    finally:
+        await daemon.stop()
+
+
 async def test_sigterm_mid_pass_finishes_in_flight_writes_and_exits_0(
     env: dict[str, str], eco: EcosireSandbox, crm: CrmSandbox, database_url: str
 ) -> None:
@@ -92,15 +105,7 @@ async def test_sigterm_mid_pass_finishes_in_flight_writes_and_exits_0(
             CRMSYNCD_RECONCILE_INTERVAL="0",
         )
     )
-    await daemon.start()
-    try:
-        await asyncio.wait_for(mid_pass.wait(), 45)
-        signalled = time.monotonic()
-        daemon.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(daemon.proc.wait(), 20)
-        stopped_in = time.monotonic() - signalled
-    finally:
-        await daemon.stop()
+    code, stopped_in = await sigterm_once(daemon, mid_pass, stop_within=20)
     assert code == 0, daemon.tail()
     assert stopped_in < 10, f"took {stopped_in:.1f} s to stop"
     names = [e["event"] for e in daemon.events]
@@ -164,15 +169,7 @@ async def test_a_stop_is_bounded_even_when_workers_wait_out_a_long_rate_limit(
             CRMSYNCD_HTTP_TIMEOUT="1",
         )
     )
-    await daemon.start()
-    try:
-        await asyncio.wait_for(limited.wait(), 45)
-        signalled = time.monotonic()
-        daemon.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(daemon.proc.wait(), 25)
-        stopped_in = time.monotonic() - signalled
-    finally:
-        await daemon.stop()
+    code, stopped_in = await sigterm_once(daemon, limited, stop_within=25)
     assert code == 0, daemon.tail()
     # One HTTP timeout (1 s) plus the margin (5 s), not the 30 s the server asked for.
     assert stopped_in < 12, f"took {stopped_in:.1f} s to stop"
