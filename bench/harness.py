@@ -151,9 +151,11 @@ def _count_statuses(
     return app
 
 
-class BenchEcosire(EcosireSandbox):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+class _CountsStatuses(SandboxServer):
+    """A sandbox that also counts its answers by status (and, on request, when it gave them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.statuses: Counter[int] = Counter()
         self.timeline: list[tuple[float, int]] | None = None  # set to a list to record
 
@@ -161,14 +163,12 @@ class BenchEcosire(EcosireSandbox):
         return _count_statuses(super().build_app(), self.statuses, self.timeline)
 
 
-class BenchCrm(CrmSandbox):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.statuses: Counter[int] = Counter()
-        self.timeline: list[tuple[float, int]] | None = None  # set to a list to record
+class BenchEcosire(_CountsStatuses, EcosireSandbox):
+    pass
 
-    def build_app(self) -> web.Application:
-        return _count_statuses(super().build_app(), self.statuses, self.timeline)
+
+class BenchCrm(_CountsStatuses, CrmSandbox):
+    pass
 
 
 @dataclass(slots=True)

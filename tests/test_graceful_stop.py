@@ -77,6 +77,17 @@ async def assert_complete_without_duplicates(
     assert (line["status"], line["writes"], line["parked"]) == ("ok", 0, {})
 
 
+def one_pass_env(env: dict[str, str], **overrides: str) -> dict[str, str]:
+    """The daemon's pass at start and nothing else scheduled during the test."""
+    return daemon_env(
+        env,
+        CRMSYNCD_SYNC_INTERVAL="3600",
+        CRMSYNCD_RETRY_INTERVAL="3600",
+        CRMSYNCD_RECONCILE_INTERVAL="0",
+        **overrides,
+    )
+
+
 async def sigterm_once(daemon: Daemon, moment: asyncio.Event, stop_within: float) -> tuple[int, float]:
     """Start the daemon, send SIGTERM at `moment`; its exit code and how long it took to stop."""
     await daemon.start()
@@ -97,14 +108,7 @@ async def test_sigterm_mid_pass_finishes_in_flight_writes_and_exits_0(
     eco.latency = crm.latency = 0.02  # every request takes a while: writes are in flight
     mid_pass = asyncio.Event()
     posted = count_writes(crm, "POST /contacts", 60, mid_pass)
-    daemon = Daemon(
-        daemon_env(
-            env,
-            CRMSYNCD_SYNC_INTERVAL="3600",
-            CRMSYNCD_RETRY_INTERVAL="3600",
-            CRMSYNCD_RECONCILE_INTERVAL="0",
-        )
-    )
+    daemon = Daemon(one_pass_env(env))
     code, stopped_in = await sigterm_once(daemon, mid_pass, stop_within=20)
     assert code == 0, daemon.tail()
     assert stopped_in < 10, f"took {stopped_in:.1f} s to stop"
@@ -160,15 +164,7 @@ async def test_a_stop_is_bounded_even_when_workers_wait_out_a_long_rate_limit(
         return True
 
     crm.faults.add("POST /contacts", status=429, headers={"Retry-After": "30"}, when=throttle)
-    daemon = Daemon(
-        daemon_env(
-            env,
-            CRMSYNCD_SYNC_INTERVAL="3600",
-            CRMSYNCD_RETRY_INTERVAL="3600",
-            CRMSYNCD_RECONCILE_INTERVAL="0",
-            CRMSYNCD_HTTP_TIMEOUT="1",
-        )
-    )
+    daemon = Daemon(one_pass_env(env, CRMSYNCD_HTTP_TIMEOUT="1"))
     code, stopped_in = await sigterm_once(daemon, limited, stop_within=25)
     assert code == 0, daemon.tail()
     # One HTTP timeout (1 s) plus the margin (5 s), not the 30 s the server asked for.
@@ -192,14 +188,7 @@ async def test_a_second_signal_stops_at_once(
         return True
 
     crm.faults.add("POST /contacts", status=429, headers={"Retry-After": "30"}, when=throttle)
-    daemon = Daemon(
-        daemon_env(
-            env,
-            CRMSYNCD_SYNC_INTERVAL="3600",
-            CRMSYNCD_RETRY_INTERVAL="3600",
-            CRMSYNCD_RECONCILE_INTERVAL="0",
-        )
-    )
+    daemon = Daemon(one_pass_env(env))
     await daemon.start()
     try:
         await asyncio.wait_for(limited.wait(), 45)
