@@ -18,7 +18,7 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import format_datetime
 from types import TracebackType
 from typing import ClassVar, Self
@@ -78,6 +78,7 @@ class SandboxServer:
         rate_window: float = 60.0,
         latency: float = 0.0,
         clock_offset: float = 0.0,
+        date_offset: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.api_key = api_key
@@ -87,6 +88,9 @@ class SandboxServer:
         self.rate_window = rate_window
         self.latency = latency
         self.clock_offset = clock_offset
+        # Seconds the front end's clock (the Date header, rate-limit resets) runs ahead of the
+        # database's (the records' stamps): often two machines that disagree.
+        self.date_offset = date_offset
         # Replace to freeze or steer time: `server.clock = lambda: datetime(2026, 1, 1, tzinfo=UTC)`.
         self.clock: Callable[[], datetime] = utc_now
         self.faults = FaultPlan()
@@ -121,6 +125,10 @@ class SandboxServer:
     def now(self) -> datetime:
         """The server's time: `clock()` plus `clock_offset`, UTC, whole milliseconds."""
         return stamp(self.clock(), self.clock_offset)
+
+    def front_now(self) -> datetime:
+        """The front end's time, which its Date headers give: `now()` plus `date_offset`."""
+        return self.now() + timedelta(seconds=self.date_offset)
 
     # ----- direct access for tests and the demo (no HTTP, no validation, not counted) ----------
 
@@ -316,7 +324,7 @@ class SandboxServer:
     def _quota_headers(self, quota: Quota) -> dict[str, str]:
         # The reset instant is given in the server's clock, like the Date header, so a client can
         # compute the wait as Reset - Date whatever the skew between the two machines.
-        reset_at = math.ceil(self.now().timestamp() + quota.resets_in)
+        reset_at = math.ceil(self.front_now().timestamp() + quota.resets_in)
         return {
             "X-RateLimit-Limit": str(quota.limit),
             "X-RateLimit-Remaining": str(quota.remaining),
@@ -332,7 +340,7 @@ class SandboxServer:
         return headers
 
     async def _set_date(self, request: web.Request, response: web.StreamResponse) -> None:
-        response.headers["Date"] = format_datetime(self.now(), usegmt=True)
+        response.headers["Date"] = format_datetime(self.front_now(), usegmt=True)
 
     # ----- faults -------------------------------------------------------------------------------
 
