@@ -27,7 +27,7 @@ from bench.report import machine_facts, publish, render_markdown, write_plot
 from bench.scenarios import FULL, QUICK, Bench, Plan
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("initial", "limited", "scale")
+SECTIONS = ("initial", "limited", "paced", "scale")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,6 +73,9 @@ async def run(plan: Plan, only: set[str], out_dir: Path, stamp: str) -> dict[str
         if "limited" in only:
             say("3. rate-limited sync")
             results["limited"] = await bench.rate_limited()
+        if "paced" in only:
+            say("3b. pace set by the server's rate-limit headers")
+            results["paced"] = await bench.paced_by_headers()
         if "scale" in only:
             say("5. scale and memory")
             results["scale"] = await bench.scale()

@@ -269,6 +269,23 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 lim["eco_req_per_write"] <= 1.05,
             )
         )
+    if "paced" in results:
+        paced = results["paced"]
+        rows.append(
+            (
+                "server-paced (ECOSIRE_RATE_LIMIT unset): >= 95% of the advertised limit useful",
+                f"{100 * paced['useful_share']:.1f}% (whole windows {paced['windows'][:-1]} "
+                f"of {paced['limit']})",
+                paced["useful_share"] >= 0.95,
+            )
+        )
+        rows.append(
+            (
+                "server-paced: < 0.5% of answers 429",
+                f"{100 * paced['limited_share']:.2f}% ({paced['rate_limited']} of {paced['requests']})",
+                paced["limited_share"] < 0.005,
+            )
+        )
     if "initial" in results and results["initial"].get("quiet"):
         q = quiet_summary(results["initial"]["quiet"])
         lists = max(q["lists_ecosire"], q["lists_crm"])
@@ -497,6 +514,38 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"(the limit allows {lim_in['rate_limit'] * bucket / 60:.0f} per server).",
                 "",
             ]
+    if "paced" in results:
+        p = results["paced"]
+        out += [
+            f"#### Paced by the server's headers: ECOSIRE advertises {p['limit']} requests per "
+            f"{p['window_seconds']:.0f} s fixed window ({60 * p['limit'] / p['window_seconds']:.0f}/min), "
+            f"ECOSIRE_RATE_LIMIT unset; {p['records']:,} CRM contacts to create on ECOSIRE, "
+            "unlimited CRM",
+            "",
+        ]
+        out += _table(
+            [
+                "requests counted per window (last: work ran out)",
+                "useful / advertised, whole windows",
+                "429",
+                "other errors",
+                "ECOSIRE requests",
+                "records created",
+                "process wall time, s",
+            ],
+            [
+                [
+                    str(p["windows"]),
+                    f"**{100 * p['useful_share']:.1f}%**",
+                    f"{p['rate_limited']} ({100 * p['limited_share']:.2f}%)",
+                    str(p["errors"]),
+                    str(p["requests"]),
+                    f"{p['created']:,} of {p['records']:,}",
+                    _n(p["wall_seconds"], 1),
+                ]
+            ],
+        )
+        out += [""]
     if results.get("scale"):
         points = scale_summary(results["scale"])
         out += [

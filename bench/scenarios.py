@@ -324,6 +324,74 @@ class Bench:
             "run": run,
         }
 
+    # ----- 3b. pace set by the server's rate-limit headers ----------------------------------
+
+    async def paced_by_headers(self) -> dict[str, Any]:
+        """ECOSIRE advertising 600 requests a minute, ECOSIRE_RATE_LIMIT unset: how much of the
+        advertised limit the daemon spends on useful requests, and how many answers are 429.
+
+        Only CRM contacts (unlimited CRM, no headers), so every one costs an ECOSIRE create and
+        ECOSIRE is the bottleneck, with work for two whole windows and a little more. The share is
+        counted by the sandbox's own limiter over its whole windows (the last, where the work ran
+        out, is left out). The quick run shortens the window to 30 s, the limit scaled with it."""
+        window = 60.0 if self.plan.mode == "full" else 30.0
+        limit = round(600 * window / 60)
+        records = 2 * limit + limit // 10
+        sets = contact_sets(records, 0, seed=11)
+        label = "paced-by-headers"
+        database = await self.pg.new_database(label)
+        self.say(
+            f"  {label}: {records} CRM contacts to create on an ECOSIRE allowing {limit} per "
+            f"{window:.0f} s, ECOSIRE_RATE_LIMIT unset ..."
+        )
+        eco = BenchEcosire(rate_limit_per_minute=limit, rate_window=window, latency=self.plan.latency)
+        crm = BenchCrm(rate_limit_per_minute=None, latency=self.plan.latency)
+        crm.seed("contacts", sets.crm)
+        async with eco, crm:
+            env = daemon_env(
+                self.pg.direct_dsn(database),
+                eco,
+                crm,
+                ecosire_rate_limit=UNLIMITED,
+                crm_rate_limit=None,
+                data_dir=self.logs / "unused-data-dir",
+                source=self.source,
+            )
+            del env["ECOSIRE_RATE_LIMIT"]  # unset, as a user would leave it: the server's word
+            result = await run_measured(
+                daemon_argv(),
+                env,
+                self.logs / f"{label}.log",
+                postgres_pid=self.pg.pid,
+                cwd=self.source.root if self.source else None,
+            )
+            if result.exit_code != 0:
+                raise RuntimeError(f"crmsyncd exited {result.exit_code}; see {result.log}")
+            use = api_use(eco)
+            windows = eco.window_counts()
+            created = len(eco.records("contacts"))
+        complete = windows[:-1]
+        # Useful: answered 2xx. Every failure is charged to the whole windows, wherever it fell.
+        useful = sum(complete) - use.rate_limited - use.errors
+        out: dict[str, Any] = {
+            "limit": limit,
+            "window_seconds": window,
+            "records": records,
+            "created": created,
+            "windows": windows,
+            "useful_share": useful / (limit * len(complete)) if complete else float("nan"),
+            "requests": use.requests,
+            "rate_limited": use.rate_limited,
+            "limited_share": use.rate_limited / use.requests if use.requests else float("nan"),
+            "errors": use.errors,
+            "wall_seconds": result.wall_seconds,
+        }
+        self.say(
+            f"    windows {windows}: {100 * out['useful_share']:.1f}% of the limit useful, "
+            f"{use.rate_limited} 429s of {use.requests}"
+        )
+        return out
+
     # ----- 5. scale and memory --------------------------------------------------------------
 
     async def scale(self) -> list[dict[str, Any]]:

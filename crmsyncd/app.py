@@ -70,6 +70,8 @@ def build_connectors(settings: Settings, session: aiohttp.ClientSession) -> dict
         EcosireSettings(
             base_url=settings.ecosire_api_url,
             api_key=settings.ecosire_api_key,
+            # None when ECOSIRE_RATE_LIMIT is unset, passed as such: the server's headers set the
+            # pace (60 a minute until it sends any), where EcosireSettings' own default would cap it.
             requests_per_minute=settings.ecosire_rate_limit,
             timeout=settings.http_timeout,
         ),

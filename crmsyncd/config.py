@@ -29,12 +29,17 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path.home() / ".crmsyncd", validation_alias="CRMSYNCD_DATA_DIR")
     ecosire_api_url: str = Field("https://api.ecosire.com/api", validation_alias="ECOSIRE_API_URL")
     ecosire_api_key: SecretStr | None = Field(None, validation_alias="ECOSIRE_API_KEY")
-    ecosire_rate_limit: Annotated[int, Field(gt=0)] = Field(60, validation_alias="ECOSIRE_RATE_LIMIT")
+    # Requests per minute; unset: the server's X-RateLimit-* headers alone set the pace (60 a minute
+    # until the server has sent any); set: the pace without headers, and a cap on the server's.
+    ecosire_rate_limit: Annotated[int, Field(gt=0)] | None = Field(
+        None, validation_alias="ECOSIRE_RATE_LIMIT"
+    )
     crm: Literal["rest", "hubspot", "salesforce", "pipedrive"] = Field(
         "rest", validation_alias="CRMSYNCD_CRM"
     )
     crm_api_url: str | None = Field(None, validation_alias="CRM_API_URL")
     crm_api_key: SecretStr | None = Field(None, validation_alias="CRM_API_KEY")
+    # The same for the CRM, except that unset with no headers means unlimited.
     crm_rate_limit: Annotated[int, Field(gt=0)] | None = Field(None, validation_alias="CRM_RATE_LIMIT")
     crm_resource_paths: str = Field("contacts=/contacts,deals=/deals", validation_alias="CRM_RESOURCE_PATHS")
     crm_id_field: str = Field("id", validation_alias="CRM_ID_FIELD")

@@ -33,6 +33,9 @@ RequestKind = Literal["lists", "reads", "creates", "updates", "deletes", "lookup
 T = TypeVar("T")
 
 MAX_MESSAGE = 300  # API messages are kept for the error queue; a proxy's HTML page is not
+# The limit an API documents, in requests per minute: the pace while its server has sent no
+# rate-limit headers and the user configured none (shared/api/ecosire.md). A CRM documents none.
+DOCUMENTED_PER_MINUTE: Mapping[Side, int] = {Side.ECOSIRE: 60}
 _REDACTED = "**********"
 
 
@@ -199,8 +202,11 @@ class ApiClient:
         self._policy = policy or RetryPolicy()
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
+        # requests_per_minute is the user's setting (None: not set): a cap on the server's pace and
+        # the pace while the server says nothing; see connectors/pacing.py for which wins when.
         self._pacer = Pacer(
             requests_per_minute,
+            default_per_minute=DOCUMENTED_PER_MINUTE.get(side),
             clock=self._clock,
             wait_cap=self._policy.rate_limit_wait_cap,
             jitter=self._policy.rate_limit_jitter,

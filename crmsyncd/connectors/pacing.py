@@ -1,14 +1,26 @@
 """Request pacing shared by every concurrent caller of one connector.
 
-Two mechanisms work together:
-- a local limiter (aiolimiter) for the configured requests per minute, so that a server that sends
-  no rate-limit headers is still not overrun;
-- the server's own `X-RateLimit-Remaining` / `X-RateLimit-Reset` headers: when the window's budget
-  is spent, nobody sends until the window resets; a 429 blocks everybody until the time the server
-  names (`X-RateLimit-Reset` or `Retry-After`).
+The server's word sets the pace. Every answer that carries `X-RateLimit-Remaining` and
+`X-RateLimit-Reset` says how many requests its window still allows and when the window ends; the
+pacer spreads that budget evenly over what is left of the window (one request every
+time-left / budget-left seconds), so requests are neither bursted at the start of a fixed window
+nor left unspent at its end, and a limit the server changes is followed from the next answer on.
+When the budget is spent nobody sends until the window resets; a 429 blocks everybody until the
+time the server names (`X-RateLimit-Reset` or `Retry-After`).
+
+Which value wins when (the configured value is ECOSIRE_RATE_LIMIT or CRM_RATE_LIMIT):
+
+| the server has sent rate-limit headers | configured | pace |
+|---|---|---|
+| not yet | set | the configured requests per minute |
+| not yet | unset | the API's documented limit (ECOSIRE: 60 a minute; the CRM: none, unlimited) |
+| yes | set | the server's pace, but never faster than the configured value (a cap) |
+| yes | unset | the server's pace |
 
 Reset times are read against the server's `Date` header when it has one: the server's clock may be
-skewed from ours, but the difference of two readings of the server's own clock is not.
+skewed from ours, but the difference of two readings of the server's own clock is not. A Reset in
+whole seconds is taken as rounded up (the window ends at it or up to a second before): the pacer
+aims at it, so it never sends into a spent window, at the cost of up to a second of each window.
 """
 
 from __future__ import annotations
@@ -22,14 +34,21 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Protocol
 
-from aiolimiter import AsyncLimiter
-
 # A reset value below this is not a Unix time (that would be 2001) but a delta in seconds, the form
 # the IETF RateLimit drafts and several CRMs use; accepting both costs nothing.
 _EPOCH_THRESHOLD = 1_000_000_000
 # Two answers whose reset times differ by less than this describe the same window: Date headers
 # have a resolution of one second, so the same reset can be computed up to a second apart.
 _WINDOW_SLACK = 1.0
+# An absolute Reset is the server's own constant for a window: answers of one window carry the same
+# value (give or take its rounding), the next window a later one. Compared raw, it tells windows
+# apart even when they last a single second.
+_EPOCH_SLACK = 0.5
+# The window length assumed for a server that sends X-RateLimit-Limit but no Reset we can read:
+# ECOSIRE documents its limit per minute, and so are the settings.
+_DEFAULT_WINDOW = 60.0
+# How late a caller may start its turn and still count as on time (seconds); see `acquire`.
+_LATE_TOLERANCE = 0.02
 
 
 class Clock(Protocol):
@@ -84,12 +103,18 @@ class RateLimitHeaders:
         date = parse_http_date(headers.get("Date"))
         # "Now" on the server's clock when we have it, else ours.
         server_now = date.timestamp() if date is not None else local_now
+        limit = _header_number(headers, "X-RateLimit-Limit")
+        self.limit: int | None = int(limit) if limit is not None and limit >= 1 else None
         remaining = _header_number(headers, "X-RateLimit-Remaining")
         self.remaining: int | None = int(remaining) if remaining is not None else None
         self.reset_in: float | None = None
+        self.reset_epoch: float | None = None  # the raw absolute Reset, when it is one
         reset = _header_number(headers, "X-RateLimit-Reset")
         if reset is not None:
-            self.reset_in = reset if reset < _EPOCH_THRESHOLD else reset - server_now
+            if reset < _EPOCH_THRESHOLD:
+                self.reset_in = reset
+            else:
+                self.reset_in, self.reset_epoch = reset - server_now, reset
         self.retry_after: float | None = None
         raw_retry = headers.get("Retry-After")
         if raw_retry is not None:
@@ -103,54 +128,91 @@ class RateLimitHeaders:
 
 
 class Pacer:
-    """Decides when the next request of a connector may start. Safe for concurrent callers."""
+    """Decides when the next request of a connector may start. Safe for concurrent callers.
+
+    `cap_per_minute` is the user's configured value (None: not configured): the pace while the
+    server has sent no rate-limit headers, and a cap on the server's pace after.
+    `default_per_minute` is the pace while the server has sent none and nothing is configured
+    (None: unlimited).
+    """
 
     def __init__(
         self,
-        requests_per_minute: int | None,
+        cap_per_minute: int | None,
         *,
+        default_per_minute: int | None = None,
         clock: Clock,
         wait_cap: float,
         jitter: float,
         rng: random.Random,
     ) -> None:
-        # Capacity 1: requests are spread evenly instead of bursting, which also keeps a server with
-        # a sliding window happy. requests_per_minute None means no local limit.
-        self._limiter = AsyncLimiter(1, 60.0 / requests_per_minute) if requests_per_minute else None
+        # The pace is kept as the least gap between the starts of two requests: evenly spread, never
+        # a burst, whatever the server's window (fixed or sliding) does with bursts.
+        self._cap_gap = 60.0 / cap_per_minute if cap_per_minute else 0.0
+        silent = cap_per_minute or default_per_minute
+        self._silent_gap = 60.0 / silent if silent else 0.0  # until the server first speaks
         self._clock = clock
         self._wait_cap = wait_cap
         self._jitter = jitter
         self._rng = rng
         self._sent = 0  # sequence number of the next request
+        self._last_start: float | None = None  # monotonic start of the latest request
+        self._heard = False  # the server has sent rate-limit headers at least once
+        self._limit: int | None = None  # X-RateLimit-Limit of the latest answer
+        self._latest_seq = -1  # the latest request whose answer has been observed
+        self._window_length = 0.0  # the longest reset we were told: the window's length, roughly
+        self._window_mark: float | None = None  # tells the current window from earlier ones
         self._remaining: int | None = None  # estimated budget left in the server's window
-        self._window_ends_at: float | None = None  # monotonic time the server's window resets
+        self._window_ends_at: float | None = None  # monotonic; the window ends then at the latest
         self._blocked_until = 0.0  # monotonic; set by a 429
 
-    def _wait_needed(self, now: float) -> float:
-        wait = self._blocked_until - now
-        if self._remaining is not None and self._window_ends_at is not None:
-            if self._window_ends_at <= now:
-                # The window is over: the server's budget is full again, amount unknown.
-                self._remaining = None
-                self._window_ends_at = None
-            elif self._remaining <= 0:
-                wait = max(wait, self._window_ends_at - now)
-        return wait
+    def _gap(self) -> float:
+        """Seconds from the start of the latest request to the start of the next."""
+        if self._remaining is not None and self._window_ends_at is not None and self._last_start is not None:
+            # What is left of the budget, spread evenly over what is left of the window (reckoned
+            # from the latest start, so a caller woken late is not made later still). Recomputed at
+            # every turn from the latest answer: a lowered or raised limit is followed at once.
+            server = (self._window_ends_at - self._last_start) / max(self._remaining + 1, 1)
+        elif self._limit is not None:
+            # Between windows: the new one's budget is learnt from its first answer; meanwhile,
+            # the last known limit over the window's length, rather than a burst.
+            server = (self._window_length or _DEFAULT_WINDOW) / self._limit
+        elif not self._heard:
+            server = self._silent_gap
+        else:
+            server = 0.0
+        return max(server, self._cap_gap)
 
-    async def _wait_turn(self) -> None:
-        while (wait := self._wait_needed(self._clock.monotonic())) > 0:
-            await self._clock.sleep(wait)
+    def _earliest(self, now: float) -> float:
+        """The monotonic time the next request may start."""
+        at = self._blocked_until
+        if self._window_ends_at is not None and self._window_ends_at <= now:
+            # The window is over: the server's budget is full again, amount unknown.
+            self._remaining = None
+            self._window_ends_at = None
+        if self._remaining is not None and self._window_ends_at is not None and self._remaining <= 0:
+            at = max(at, self._window_ends_at)
+        if self._last_start is not None:
+            at = max(at, self._last_start + self._gap())
+        return at
 
     async def acquire(self) -> int:
         """Wait for a turn; returns the request's sequence number for `observe`."""
-        await self._wait_turn()
-        if self._limiter is not None:
-            await self._limiter.acquire()
-            # The limiter may have held us while an answer spent the window or a 429 arrived.
-            await self._wait_turn()
+        while True:
+            now = self._clock.monotonic()
+            # Recomputed after every sleep: an answer, a 429 or another caller's turn may have
+            # come in meanwhile.
+            at = self._earliest(now)
+            if at <= now:
+                break
+            await self._clock.sleep(at - now)
         # No await between the last check and here: the reservation below is atomic.
         seq = self._sent
         self._sent += 1
+        # A caller woken a little late (a busy event loop) counts as started when its turn came,
+        # so that the lateness does not push every later request back; one that starts well after
+        # its turn (after a pause) counts from now, so that later requests do not bunch to catch up.
+        self._last_start = at if now - at <= _LATE_TOLERANCE else now
         if self._remaining is not None:
             self._remaining -= 1
         return seq
@@ -159,17 +221,37 @@ class Pacer:
         """Update the budget from an answer to request number `seq`."""
         now = self._clock.monotonic()
         facts = RateLimitHeaders(headers, self._clock.time())
+        # The limit is the latest request's word: a late answer to an earlier one cannot undo a
+        # change. An answer without a limit forgets it: a server (or a proxy in front of it) that
+        # stops stating one is not held to an old one between windows.
+        changed = False
+        if seq >= self._latest_seq:
+            self._latest_seq = seq
+            changed, self._limit = facts.limit != self._limit, facts.limit
+        self._heard = self._heard or facts.limit is not None
         if facts.remaining is None or facts.reset_in is None:
             return  # without a reset time a spent budget could never be refilled
-        ends_at = now + min(max(facts.reset_in, 0.0), self._wait_cap)
+        self._heard = True
+        reset_in = min(max(facts.reset_in, 0.0), self._wait_cap)
+        self._window_length = max(self._window_length, reset_in)
+        ends_at = now + reset_in
         # Requests sent after this one may already have been counted by the server; assume they
         # were. That errs towards pausing a little early rather than drawing a 429.
         estimate = facts.remaining - (self._sent - seq - 1)
-        known = self._window_ends_at
-        if known is None or self._remaining is None or ends_at > known + _WINDOW_SLACK:
-            self._remaining, self._window_ends_at = estimate, ends_at  # a new window
-        elif ends_at >= known - _WINDOW_SLACK:
-            self._remaining = min(self._remaining, estimate)  # the same window
+        if facts.reset_epoch is not None:
+            mark, slack = facts.reset_epoch, _EPOCH_SLACK
+        else:
+            mark, slack = ends_at, _WINDOW_SLACK
+        known = self._window_mark
+        if known is None or mark > known + slack:
+            self._window_mark = mark  # a new window
+            self._remaining, self._window_ends_at = estimate, ends_at
+        elif mark >= known - slack and self._remaining is not None and self._window_ends_at is not None:
+            # The same window: the most cautious budget (answers may come back out of order),
+            # unless the limit itself has just changed, up or down; and the earliest end any answer
+            # implies (each is an upper bound; the tightest cuts the Date header's rounding).
+            self._remaining = estimate if changed else min(self._remaining, estimate)
+            self._window_ends_at = min(self._window_ends_at, ends_at)
         # else: a late answer from a window that has already ended: stale, ignore.
 
     def on_rate_limited(self, headers: Mapping[str, str], fallback: float) -> float:

@@ -199,6 +199,12 @@ class SandboxServer:
     def reset_counts(self) -> None:
         self.requests.clear()
 
+    def window_counts(self) -> list[int]:
+        """Requests the rate limiter counted in each of its windows so far, oldest first (the last
+        may still be open). `rate_limit_per_minute` may be changed at any time: the next request
+        is counted against the new limit, and its answer advertises it."""
+        return self._limiter.counts(self.api_key)
+
     def _collection(self, resource: str) -> Collection:
         try:
             return self._collections[resource]

@@ -26,11 +26,14 @@ class FixedWindowLimiter:
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._monotonic = monotonic
         self._windows: dict[str, tuple[float, int]] = {}
+        self._closed: dict[str, list[int]] = {}  # requests counted in each earlier window, per key
 
     def hit(self, key: str, limit: int, window: float) -> Quota:
         now = self._monotonic()
         started, count = self._windows.get(key, (now, 0))
         if now - started >= window:
+            if count:
+                self._closed.setdefault(key, []).append(count)
             started, count = now, 0
         count += 1
         self._windows[key] = (started, count)
@@ -41,5 +44,12 @@ class FixedWindowLimiter:
             allowed=count <= limit,
         )
 
+    def counts(self, key: str) -> list[int]:
+        """Requests counted (429s included) in each window of `key`, oldest first; the last one is
+        the window of the latest request, which may still be open."""
+        current = [self._windows[key][1]] if key in self._windows else []
+        return [*self._closed.get(key, []), *current]
+
     def reset(self) -> None:
         self._windows.clear()
+        self._closed.clear()
