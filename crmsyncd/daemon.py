@@ -22,8 +22,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from crmsyncd.app import App, open_app
 from crmsyncd.config import Settings
-from crmsyncd.engine.sync import DATABASE_ERRORS, PassReport
+from crmsyncd.engine.sync import PassReport
 from crmsyncd.observability.logging import get_logger
+from crmsyncd.store.db import DATABASE_ERRORS, describe_database_error
 
 log = get_logger()
 
@@ -119,7 +120,7 @@ async def _serve(app: App, settings: Settings, stopper: _Stopper) -> int:
             log.error(
                 "database_unavailable",
                 job=job,
-                error=f"state database (PostgreSQL) unreachable: {type(exc).__name__}: {exc}",
+                error=describe_database_error(exc),
             )
             return
         except Exception as exc:  # a job must never take the scheduler down with it

@@ -18,18 +18,22 @@ numbers skip records. Three techniques keep every record:
   stamps and are read after it. Records after the block are not taken during the sweeps, so the
   cursor never passes an unread member; after the last sweep the anchor moves past the block.
   Sweeps are bounded (`max_block_sweeps`): a block that keeps changing raises `PagingLoop`.
-* **A signpost.** The pass reads up to the server's own clock at its first answer (its `Date`
-  header, one-second resolution, plus one second), so a pass ends while users keep editing,
-  clock skew between us and a server hides nothing, and what changes after it belongs to the
-  next pass (its stamp is past the cursor).
+* **Stamps only.** Nothing but the records' own stamps places a pass: no clock reading (ours,
+  or a server's `Date` header, which a front end writes while a database writes the stamps) ever
+  hides a record or moves a cursor. Each page carries the cursor it makes safe: the greatest
+  `(stamp, id)` such that every record sorting at or before it has been read (inside a block that
+  has not settled yet, only the stamps before the block's).
+* **A read budget.** Users who keep editing while we page push records to the list's end for ever.
+  A pass reads what the list held at its first answer (its `total`) plus one page, then ends; the
+  cursor stays on the last record read, so what it left belongs to the next pass.
 
 A list that is not what paging needs raises `PagingLoop` rather than lose records: a page not
 sorted ascending by the stamp, a page number that is ignored, a block that never holds still.
 Everything yielded before it is safe to stage (the caller ends that side's read there).
 
-What no pager can see in one pass, the next pass's overlap window catches (`since` is the cursor
-minus the overlap): a record committed late with an older stamp, or one stamped in the very tick
-of a block already closed. Stamps are assumed to have millisecond precision at most (the wire
+What no pager can see in one pass, the next pass's overlap window catches (`since` is the newest
+stamp read minus the overlap): a record committed late with an older stamp, or one stamped in the
+very tick of a block already closed. Stamps are assumed to have millisecond precision at most (the wire
 form of both APIs).
 """
 
@@ -48,32 +52,32 @@ from crmsyncd.observability.logging import get_logger
 log = get_logger()
 
 TICK = timedelta(milliseconds=1)
-# The Date header has one-second resolution; the margin keeps records stamped within the second
-# of the first answer inside this pass.
-SIGNPOST_MARGIN = timedelta(seconds=1)
 # Verification sweeps of one block before the pass gives up on it (each costs the block's pages).
 MAX_BLOCK_SWEEPS = 10
 # A last resort against a server whose list never ends; the logic above terminates without it.
 MAX_REQUESTS = 1_000_000
 
+# A position in a list sorted by (stamp, id): every record sorting at or before it has been read.
+Position = tuple[datetime, str]
+
 
 @dataclass(slots=True)
 class PageOfChanges:
-    """New records of one page, in order, and those that cannot even be keyed (no id or stamp)."""
+    """New records of one page, in order, those that cannot even be keyed (no id or stamp), and
+    the cursor this page makes safe (None: it moves nothing)."""
 
     records: list[tuple[str, datetime, JSON]] = field(default_factory=list)
     unusable: list[tuple[JSON, BadRecord]] = field(default_factory=list)
-    # Set on the last page of a read that completed: everything stamped up to here was read.
-    read_until: datetime | None = None
+    cursor: Position | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.records or self.unusable)
+        return bool(self.records or self.unusable or self.cursor)
 
 
 class PagingLoop(RuntimeError):
     """The list did not behave as paging needs (it kept changing, or ignores the page number).
 
-    Everything yielded before it is safe to stage: the cursor it implies passes no unread record."""
+    Everything yielded before it is safe to stage: the cursors yielded pass no unread record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,7 @@ class _SweepEnd:
     end: _Row | None = None
     fresh: int = 0  # rows this sweep yielded that no earlier read had
     repeated: bool = False  # a row read twice within the sweep: the block grew under it
+    last: Position | None = None  # the greatest (stamp, id) of the block's rows read
 
 
 async def read_changes(
@@ -103,14 +108,13 @@ async def read_changes(
     max_requests: int = MAX_REQUESTS,
     max_block_sweeps: int = MAX_BLOCK_SWEEPS,
 ) -> AsyncGenerator[PageOfChanges, None]:
-    """Pages of records changed strictly after `since`, up to the pass's signpost.
+    """Pages of records changed strictly after `since`.
 
-    Records come in list order, each (id, stamp) once per pass. Staging a page and advancing the
-    cursor to its greatest (stamp, id) is safe: no record before that point is left unread."""
+    Records come in list order, each (id, stamp) once per pass. Staging a page and saving its
+    cursor is safe: no record sorting at or before that cursor is left unread."""
     pager = _Pager(connector, resource, since, page_size, max_requests, max_block_sweeps)
     async for page in pager.pages():
         yield page
-    yield PageOfChanges(read_until=pager.signpost)
 
 
 class _Pager:
@@ -131,38 +135,43 @@ class _Pager:
         self.page_size = page_size
         self.max_requests = max_requests
         self.max_block_sweeps = max_block_sweeps
-        self.signpost: datetime | None = None
         # Ids yielded whose stamp is after the anchor: re-reads of them are dropped.
         self.recent: dict[str, datetime] = {}
         # Unusable records reported this pass (by key), so a re-read does not park them twice.
         self.reported: set[str] = set()
         self.requests = 0
-        self._done = False  # a block ended the pass (at the signpost or the list's end)
+        self.taken = 0  # record versions yielded
+        self.budget: int | None = None  # versions this pass reads before it ends (see module doc)
+        self._list_ended = False  # a block ran to the list's end
 
     # -- the normal way: page 1 after an anchor that moves with every page --------------------
 
     async def pages(self) -> AsyncGenerator[PageOfChanges, None]:
         while True:
             result, rows = await self._fetch(1)
-            # Rows past the signpost are the next pass's (their stamps are past any cursor).
-            taken = [row for row in rows if not self._beyond(row)]
-            more = bool(rows) and len(taken) == len(rows) and result.total_pages > 1
+            more = bool(rows) and result.total_pages > 1
             if more:
                 self._require_sorted(rows, 1)  # the next request relies on the order
-            last = max((row.stamp for row in taken if row.stamp is not None), default=None)
+            last = max((row.stamp for row in rows if row.stamp is not None), default=None)
             if more and (last is None or not self._progresses(last)):
                 # A full page and nothing on it moves the anchor: step through the block.
                 async for out in self._block(rows):
                     yield out
-                if self._done:
+                if self._list_ended or self._spent():
                     return
                 continue
             out = PageOfChanges()
-            for row in taken:
+            for row in rows:
                 self._take(row, out)
+            if not more:
+                # The list ends here: every record of it was read.
+                out.cursor = _greatest(rows)
+            elif last is not None:
+                # Records sharing the last stamp may continue on the next page.
+                out.cursor = (last, "")
             if out:
                 yield out
-            if not more:
+            if not more or self._spent():
                 return
             assert last is not None
             self._move_anchor(last - TICK)
@@ -201,8 +210,11 @@ class _Pager:
             records=end.size,
             sweeps=sweep + 1,
         )
-        if end.end is None or self._beyond(end.end):
-            self._done = True
+        if end.last is not None:
+            # The block held still for a whole sweep: every member has been read.
+            yield PageOfChanges(cursor=end.last)
+        if end.end is None:
+            self._list_ended = True
             return
         assert end.end.stamp is not None  # a row ends a block by its stamp
         self._move_anchor(end.end.stamp - TICK)
@@ -210,8 +222,9 @@ class _Pager:
     async def _sweep(
         self, page_one: list[_Row] | None, end: _SweepEnd
     ) -> AsyncGenerator[PageOfChanges, None]:
-        """Pages 1, 2, ... under the current anchor up to the first row that moves the anchor (or
-        lies past the signpost); only the block's own rows are taken."""
+        """Pages 1, 2, ... under the current anchor up to the first row that moves the anchor;
+        only the block's own rows are taken. Its pages move no cursor: until the block holds
+        still, a member not read yet may sort before any of them."""
         in_sweep: set[str] = set()
         position = 0
         page = 1
@@ -226,7 +239,7 @@ class _Pager:
             stop: int | None = None
             repeats = 0
             for index, row in enumerate(rows):
-                if self._beyond(row) or (row.stamp is not None and self._progresses(row.stamp)):
+                if row.stamp is not None and self._progresses(row.stamp):
                     stop = index
                     break
                 if row.key in in_sweep:
@@ -234,6 +247,7 @@ class _Pager:
                 in_sweep.add(row.key)
                 if self._take(row, out):
                     end.fresh += 1
+            end.last = max(end.last, _greatest(rows[:stop]), key=_position_key)
             end.repeated = end.repeated or repeats > 0
             if out:
                 yield out
@@ -259,6 +273,9 @@ class _Pager:
 
     # -- shared -------------------------------------------------------------------------------
 
+    def _spent(self) -> bool:
+        return self.budget is not None and self.taken >= self.budget
+
     async def _fetch(self, page: int) -> tuple[Page, list[_Row]]:
         self.requests += 1
         if self.requests > self.max_requests:
@@ -269,18 +286,9 @@ class _Pager:
         result = await self.connector.list_page(
             self.resource, updated_after=self.anchor, page=page, limit=self.page_size
         )
-        if self.signpost is None:
-            self.signpost = (result.server_time or datetime.now(UTC)) + SIGNPOST_MARGIN
-            if self.anchor is not None and self.signpost < self.anchor:
-                # The server's clock is now before the cursor it gave us: it stepped back. Records
-                # stamped since then may sort before the cursor; a full reconciliation finds them.
-                log.warning(
-                    "server_clock_behind_cursor",
-                    side=self.connector.side.value,
-                    resource=self.resource,
-                    server_time=_when(result.server_time),
-                    reading_after=_when(self.anchor),
-                )
+        if self.budget is None and result.total > 0:
+            # What the list held at its first answer, and a page for what moves meanwhile.
+            self.budget = result.total + self.page_size
         return result, [self._row(body) for body in result.records]
 
     def _require_sorted(self, rows: list[_Row], page: int) -> None:
@@ -306,10 +314,6 @@ class _Pager:
         if error is not None:
             key = _digest(body)
         return _Row(body, key, stamp, error)
-
-    def _beyond(self, row: _Row) -> bool:
-        assert self.signpost is not None
-        return row.stamp is not None and row.stamp > self.signpost
 
     def _progresses(self, stamp: datetime) -> bool:
         """Re-anchoring just before `stamp` moves the anchor forward."""
@@ -337,7 +341,19 @@ class _Pager:
             return False
         self.recent[row.key] = row.stamp
         out.records.append((row.key, row.stamp, row.body))
+        self.taken += 1
         return True
+
+
+def _greatest(rows: list[_Row]) -> Position | None:
+    """The greatest (stamp, id) among rows that could be keyed."""
+    keyed = [(row.stamp, row.key) for row in rows if row.stamp is not None and row.error is None]
+    return max(keyed, default=None)
+
+
+def _position_key(position: Position | None) -> tuple[bool, Position]:
+    # None sorts first: max(None, p) is p.
+    return (position is not None, position or (datetime.min.replace(tzinfo=UTC), ""))
 
 
 def _when(moment: datetime | None) -> str | None:

@@ -191,8 +191,11 @@ class Stager:
             except UnresolvedReference:
                 values = None  # cannot be an echo; the merge resolves it or parks it
             prior = known.get(record_id)
-            if prior is not None and prior.pending_at == stamp:
-                continue  # this very observation is staged already (re-read in the overlap)
+            if prior is not None and (
+                prior.pending_at == stamp or (prior.seen_at is not None and stamp <= prior.seen_at)
+            ):
+                # This very version is staged or merged already (re-read in the overlap).
+                continue
             if (
                 values is not None
                 and prior is not None

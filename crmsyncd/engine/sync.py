@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
-
 from crmsyncd.connectors.base import Connector, ConnectorError, Outcome, body_id
 from crmsyncd.domain.canonical import UnresolvedReference
 from crmsyncd.domain.mapping import EntitySpec
@@ -32,19 +30,16 @@ from crmsyncd.engine.apply import (
 from crmsyncd.engine.buffer import ResultBuffer
 from crmsyncd.engine.counts import PassCounts
 from crmsyncd.engine.doubts import scan_for_creates
-from crmsyncd.engine.pager import SIGNPOST_MARGIN, PagingLoop, read_changes
 from crmsyncd.engine.pager import TICK as PAGER_TICK
+from crmsyncd.engine.pager import PagingLoop, read_changes
 from crmsyncd.engine.stage import Cursor, Stager, resolve_refs
 from crmsyncd.observability.logging import get_logger
-from crmsyncd.store.db import Pool
+from crmsyncd.store.db import DATABASE_ERRORS, Pool, describe_database_error
 from crmsyncd.store.errors import Backoff, ErrorRow, ErrorStore, Failure
 from crmsyncd.store.pairs import CursorStore, Link, Pair, PairStore
 from crmsyncd.store.runs import RunStore
 
 log = get_logger()
-
-# What a lost PostgreSQL connection surfaces as, through asyncpg or the socket underneath.
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,32 +106,23 @@ class SyncEngine:
     async def _read_side(self, entity: EntitySpec, side: Side, counts: PassCounts) -> None:
         connector = self.connectors[side]
         cursor = await self.cursors.get(entity.name, side)
-        # The list filter is strictly after: one tick more keeps the window's first stamp (and,
-        # with a zero overlap, the cursor's own stamp, whose later ids may be unread) inside it.
-        since = None
-        if cursor is not None:
-            # A completed read saw everything up to its signpost: the next one starts there (less
-            # its margin), not at the last stamp, so a quiet pass re-reads only the overlap.
-            last_stamp, _, read_until = cursor
-            base = max(last_stamp, read_until - SIGNPOST_MARGIN) if read_until else last_stamp
-            since = base - self.settings.overlap - PAGER_TICK
+        # Each pass re-reads the overlap before the newest stamp read, for late commits. The list
+        # filter is strictly after: one tick more keeps the window's first stamp (and, with a zero
+        # overlap, the cursor's own stamp, whose later ids may be unread) inside it.
+        since = None if cursor is None else cursor[0] - self.settings.overlap - PAGER_TICK
         pages = read_changes(
             connector, entity.resource(side), since=since, page_size=self._page_size(connector)
         )
         try:
             async with contextlib.aclosing(pages):
                 async for page in pages:
-                    if page.read_until is not None:
-                        await self.cursors.read_until(entity.name, side, page.read_until)
-                        continue
-                    last = max(((at, rid) for rid, at, _ in page.records), default=None)
                     await self.stager.stage(
                         entity,
                         side,
                         page.records,
                         page.unusable,
                         counts,
-                        Cursor(last[0], last[1]) if last else None,
+                        Cursor(*page.cursor) if page.cursor else None,
                         id_field=connector.id_field,
                     )
                     if self.stopping.is_set():
@@ -191,10 +177,10 @@ class SyncEngine:
                 try:
                     result = await worker.apply(pair, refs)
                     await buffer.add(result)
-                except PassAborted as exc:
+                except (PassAborted, *DATABASE_ERRORS) as exc:  # the pass reports it
                     aborted.append(exc)
                     continue
-                except Exception as exc:  # a bug or a lost database: stop cleanly, keep the doubt
+                except Exception as exc:  # a bug: stop cleanly, keep the doubt
                     log.exception("worker_failed", entity=entity.name, pair=pair.id, error=str(exc))
                     aborted.append(exc)
                     continue
@@ -392,10 +378,13 @@ class SyncEngine:
         except AuthFailure as exc:
             report.status = "failed"
             problems.append(str(exc))
-        except Exception as exc:  # the database went away, or a bug: say so, keep the daemon up
+        except DATABASE_ERRORS as exc:  # the database went away: say so, keep the daemon up
             report.status = "error"
-            where = "state database (PostgreSQL): " if isinstance(exc, DATABASE_ERRORS) else ""
-            problems.append(f"{where}{type(exc).__name__}: {exc}")
+            problems.append(describe_database_error(exc))
+            log.error(f"{kind}_pass_error", run=run_id, error=problems[-1])
+        except Exception as exc:  # a bug: say so with its traceback, keep the daemon up
+            report.status = "error"
+            problems.append(f"{type(exc).__name__}: {exc}")
             log.exception(f"{kind}_pass_error", run=run_id, error=str(exc))
         finally:
             report.error = "; ".join(problems) or None
@@ -403,8 +392,8 @@ class SyncEngine:
             report.requests = {side.value: self.connectors[side].stats.total - before[side] for side in Side}
             try:
                 await self.runs.finish(run_id, report.status, counts.as_dict(), report.requests, report.error)
-            except Exception as exc:
-                log.error("run_history_unsaved", run=run_id, error=str(exc))
+            except DATABASE_ERRORS as exc:
+                log.error("run_history_unsaved", run=run_id, error=describe_database_error(exc))
             log.info(
                 f"{kind}_pass",
                 run=run_id,
@@ -426,7 +415,17 @@ class SyncEngine:
                 yield bool(held)
             finally:
                 if held:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                    try:
+                        await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                    except DATABASE_ERRORS as exc:
+                        # A session that died took its lock with it: nothing is held, and the
+                        # pass's own error (if any) is the one to report.
+                        log.warning(
+                            "entity_lock_lost",
+                            entity=entity.name,
+                            error=describe_database_error(exc),
+                            detail="the lock ended with its database session",
+                        )
 
     # -- reconciliation ------------------------------------------------------------------------
 

@@ -13,6 +13,32 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 Pool = asyncpg.Pool
+
+# What a lost or unreachable PostgreSQL surfaces as, through asyncpg or the socket underneath.
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Of those, the ones that mean the connection itself failed (not a statement that was refused).
+_CONNECTION_LOST = (
+    OSError,
+    asyncpg.InterfaceError,  # "connection has been released back to the pool", "closed"
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError, ConnectionFailureError, ...
+    asyncpg.CannotConnectNowError,  # the server is starting up or shutting down
+    asyncpg.AdminShutdownError,  # pg_ctl stop, a restart, a failover
+    asyncpg.CrashShutdownError,
+)
+
+
+def describe_database_error(exc: BaseException) -> str:
+    """One wording for a database failure wherever it surfaces: the user is told the connection
+    was lost (and that it comes back by itself), not handed an asyncpg internal."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, _CONNECTION_LOST):
+        return (
+            "cannot reach the state database (PostgreSQL): the connection was lost or refused; "
+            f"the next pass tries again ({detail})"
+        )
+    return f"the state database (PostgreSQL) refused a statement ({detail})"
+
+
 # Anything queries can run on: the pool itself or a connection (inside a transaction).
 Executor = asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy
 

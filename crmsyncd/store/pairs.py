@@ -85,6 +85,7 @@ class Known:
     has_pending: bool
     state: str
     pending_at: datetime | None  # of this side's observation waiting to be merged
+    seen_at: datetime | None  # stamp of this side's version last merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +141,14 @@ class PairStore:
         rows = await self.pool.fetch(
             f"SELECT {_col(side, 'id')} AS rid, {_col(side, 'snapshot')} AS snap,"
             f" ecosire_pending IS NOT NULL OR crm_pending IS NOT NULL AS pending, state,"
-            f" {_col(side, 'pending_at')} AS pending_at"
+            f" {_col(side, 'pending_at')} AS pending_at, {_col(side, 'seen_at')} AS seen_at"
             f" FROM record_map WHERE entity = $1 AND {_col(side, 'id')} = ANY($2::text[])",
             entity,
             list(ids),
         )
-        return {r["rid"]: Known(r["snap"], r["pending"], r["state"], r["pending_at"]) for r in rows}
+        return {
+            r["rid"]: Known(r["snap"], r["pending"], r["state"], r["pending_at"], r["seen_at"]) for r in rows
+        }
 
     async def counterparts(self, entity: str, side: Side, ids: Sequence[str]) -> dict[str, str]:
         """For ids of `side`, the linked id on the other side (reference translation)."""
@@ -539,29 +542,14 @@ class CursorStore:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
-    async def get(self, entity: str, side: Side) -> tuple[datetime, str, datetime | None] | None:
-        """(stamp, id) of the last record staged, and how far the last completed read reached."""
+    async def get(self, entity: str, side: Side) -> tuple[datetime, str] | None:
+        """(stamp, id) of the last position read: every record sorting at or before it was read."""
         row = await self.pool.fetchrow(
-            "SELECT updated_at, record_id, read_until FROM sync_cursor WHERE entity = $1 AND side = $2",
+            "SELECT updated_at, record_id FROM sync_cursor WHERE entity = $1 AND side = $2",
             entity,
             side.value,
         )
-        return (row["updated_at"], row["record_id"], row["read_until"]) if row else None
-
-    async def read_until(self, entity: str, side: Side, signpost: datetime) -> None:
-        """A read of this side completed up to `signpost` (the server's clock): only moves forward.
-        A side that has no cursor yet (nothing staged) gets one just before the signpost."""
-        await self.pool.execute(
-            """
-            INSERT INTO sync_cursor (entity, side, updated_at, record_id, read_until)
-            VALUES ($1, $2, $3::timestamptz - interval '1 second', '', $3)
-            ON CONFLICT (entity, side) DO UPDATE SET read_until = EXCLUDED.read_until, saved_at = now()
-            WHERE sync_cursor.read_until IS NULL OR sync_cursor.read_until < EXCLUDED.read_until
-            """,
-            entity,
-            side.value,
-            signpost,
-        )
+        return (row["updated_at"], row["record_id"]) if row else None
 
     async def save(
         self, conn: Executor, entity: str, side: Side, updated_at: datetime, record_id: str
