@@ -124,13 +124,28 @@ async def test_sync_once_against_a_crm_that_answers_401_exits_1_and_says_so(
     eco.seed("contacts", _people(2))
     result = await run_cli("sync", "--once", env={**env, "CRM_API_KEY": "wrong-key-123"})
     assert result.code == 1
-    assert "401" in result.stderr and "crm" in result.stderr
+    assert (
+        "401" in result.stderr and "the crm API refused the credentials: check CRM_API_KEY" in result.stderr
+    )
     assert "wrong-key-123" not in result.stderr + result.stdout
     assert crm.records("contacts") == []
     # Nothing was parked: the records sync once the key is right.
     assert orjson.loads((await run_cli("errors", "list", "--json", env=env)).stdout) == []
     assert (await run_cli("sync", "--once", env=env)).code == 0
     assert len(crm.records("contacts")) == 2
+
+
+async def test_a_refused_ecosire_key_names_its_variable_and_parks_nothing(
+    env: dict[str, str], eco: EcosireSandbox, crm: CrmSandbox
+) -> None:
+    crm.seed("contacts", [{"fullName": "Crm One", "emailAddress": "one@mail.example"}])
+    bad_key = "eco_live_notthekey000000000000"
+    result = await run_cli("sync", "--once", env={**env, "ECOSIRE_API_KEY": bad_key})
+    assert result.code == 1
+    assert "the ecosire API refused the credentials: check ECOSIRE_API_KEY" in result.stderr + result.stdout
+    assert bad_key not in result.stderr + result.stdout
+    assert eco.records("contacts") == []
+    assert orjson.loads((await run_cli("errors", "list", "--json", env=env)).stdout) == []
 
 
 async def test_demo_runs_to_its_summary(env: dict[str, str]) -> None:

@@ -249,11 +249,22 @@ async def test_auth_failure_never_shows_the_key(
 
     exc = caught.value
     assert exc.outcome is Outcome.AUTH_FAILED and exc.status == 401
-    assert "bad token" in exc.message
+    assert "bad token" in exc.message and "check ECOSIRE_API_KEY" in exc.message
     out = capsys.readouterr()
     for text in (str(exc), repr(exc), exc.message, repr(conn), repr(conn.settings), out.out, out.err):
         assert KEY not in text
     assert str(conn.settings).count("**********") == 1
+
+
+async def test_a_403_names_the_keys_permissions(session: aiohttp.ClientSession) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        return error(403, "Forbidden", "Forbidden")
+
+    async with serve(handler) as api:
+        with pytest.raises(ConnectorError) as caught:
+            await crm(api, session).update("contacts", "c1", {"fullName": "x"})
+    assert caught.value.outcome is Outcome.AUTH_FAILED
+    assert "refused the request" in str(caught.value) and "permissions of CRM_API_KEY" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -293,7 +304,7 @@ async def test_error_classes(
 
     assert caught.value.outcome is outcome
     assert caught.value.status == status
-    assert caught.value.message == expected
+    assert caught.value.message.split("; the ecosire API")[0] == expected
     assert len(api.seen) == 1  # none of these is worth a second try
 
 

@@ -253,4 +253,5 @@ async def test_the_daemon_stops_with_exit_1_when_the_key_is_refused(
         await daemon.stop()
     assert code == 1, daemon.tail()
     [failed] = daemon.named("job_failed")
-    assert "401" in failed["error"] and "wrong-key-123" not in daemon.tail(100)
+    assert "401" in failed["error"] and "check CRM_API_KEY" in failed["error"]
+    assert "wrong-key-123" not in daemon.tail(100)

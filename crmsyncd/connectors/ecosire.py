@@ -23,8 +23,12 @@ _RESOURCE = re.compile(r"[a-z][a-z0-9_-]*")
 class EcosireSettings:
     base_url: str  # e.g. https://api.ecosire.com/api, without a trailing slash
     api_key: SecretStr
-    requests_per_minute: int | None = 60
+    # None: the server's X-RateLimit-* headers set the pace (the documented 60 until it sends any).
+    requests_per_minute: int | None = None
     timeout: float = 30.0
+    # The variables a refused key or an unverifiable certificate tells the user to check.
+    key_variable: str = "ECOSIRE_API_KEY"
+    url_variable: str = "ECOSIRE_API_URL"
     read_attempts: int = 4
     page_size: int = 100
     backoff_base: float = 0.5
@@ -64,6 +68,8 @@ class EcosireConnector(CollectionConnector):
             side=Side.ECOSIRE,
             base_url=settings.base_url,
             api_key=settings.api_key,
+            key_variable=settings.key_variable,
+            url_variable=settings.url_variable,
             session=session,
             timeout=settings.timeout,
             requests_per_minute=settings.requests_per_minute,

@@ -181,6 +181,8 @@ class ApiClient:
         side: Side,
         base_url: str,
         api_key: SecretStr,
+        key_variable: str,
+        url_variable: str,
         session: aiohttp.ClientSession,
         timeout: float,
         requests_per_minute: int | None,
@@ -197,6 +199,9 @@ class ApiClient:
         self.base_url = str(url)
         self.stats = RequestStats()
         self._api_key = api_key
+        # Where the user set the key and the URL: named (never their values) when refused.
+        self._key_variable = key_variable
+        self._url_variable = url_variable
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._policy = policy or RetryPolicy()
@@ -299,6 +304,8 @@ class ApiClient:
         committed_maybe: bool = False,
     ) -> ConnectorError:
         message = f"{failure.message} ({note})" if note else failure.message
+        if failure.outcome is Outcome.AUTH_FAILED:
+            message += "; " + self._what_to_check(failure.status)
         return ConnectorError(
             failure.outcome,
             self.scrub(message),
@@ -308,6 +315,17 @@ class ApiClient:
             path=path,
             committed_maybe=committed_maybe,
         )
+
+    def _what_to_check(self, status: int | None) -> str:
+        if status == 401:
+            return f"the {self.side.value} API refused the credentials: check {self._key_variable}"
+        if status == 403:
+            return (
+                f"the {self.side.value} API accepted the key but refused the request (its role or "
+                f"scopes are too narrow): check the permissions of {self._key_variable}"
+            )
+        # No status: the certificate did not verify, before any request was sent.
+        return f"the server's TLS certificate does not verify: check {self._url_variable} and the CA bundle"
 
     async def _attempt(
         self,

@@ -28,6 +28,9 @@ class RestSettings:
     api_key: SecretStr
     requests_per_minute: int | None = None
     timeout: float = 30.0
+    # The variables a refused key or an unverifiable certificate tells the user to check.
+    key_variable: str = "CRM_API_KEY"
+    url_variable: str = "CRM_API_URL"
     read_attempts: int = 4
     page_size: int = 100
     paths: Mapping[str, str] = field(default_factory=_default_paths)
@@ -78,6 +81,8 @@ class RestConnector(CollectionConnector):
             side=Side.CRM,
             base_url=settings.base_url,
             api_key=settings.api_key,
+            key_variable=settings.key_variable,
+            url_variable=settings.url_variable,
             session=session,
             timeout=settings.timeout,
             requests_per_minute=settings.requests_per_minute,
