@@ -199,7 +199,19 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             else f"#{lp['id']} {lp['status']} at {lp['started_at']} requests {lp['requests']}"
         )
     )
+    if lp is not None and lp["counts"]:
+        counts = lp["counts"]
+        print(
+            f"  writes {counts.get('writes', 0)}: created {_by_side(counts.get('created'))}, "
+            f"updated {_by_side(counts.get('updated'))}, of which reverted {_by_side(counts.get('reverted'))}"
+        )
     return EXIT_OK
+
+
+def _by_side(counter: dict[str, int] | None) -> str:
+    """A per-side counter of the run history as `ecosire N crm M`; passes from before a counter
+    existed have none."""
+    return " ".join(f"{side} {n}" for side, n in sorted((counter or {}).items())) or "none"
 
 
 async def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:

@@ -30,8 +30,18 @@ def test_the_default_mapping_is_the_guides_table() -> None:
         ("type", "accountType", "ecosire_to_crm", "ecosire_wins"),
         ("tags", "labels", "both", "union"),
     }
+    # "ECOSIRE wins (immutable)": ECOSIRE's email is the contact's identity.
+    assert [f.name for e in MAPPING.entities for f in e.fields if f.immutable] == ["email"]
     assert [e.name for e in MAPPING.entities] == ["contacts", "deals"]
     assert DEALS.depends_on == ("contacts",)
+
+
+def _field(direction: str, rule: str, extra: str = "") -> str:
+    """A one-entity, one-field mapping file."""
+    return (
+        f'[entities.c]\n[entities.c.fields.f]\necosire="a"\ncrm="b"\n'
+        f'direction="{direction}"\nrule="{rule}"\n{extra}\n'
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,6 +82,32 @@ def test_the_default_mapping_is_the_guides_table() -> None:
             "entities.c.fields.t.transform",
             "takes no transform",
         ),
+        (
+            _field("both", "last_updated_wins", "immutable = true"),
+            "entities.c.fields.f.immutable",
+            "an immutable field needs rule ecosire_wins or crm_wins, not last_updated_wins",
+        ),
+        (
+            _field("both", "union", "immutable = true"),
+            "entities.c.fields.f.immutable",
+            "needs rule ecosire_wins or crm_wins, not union",
+        ),
+        (
+            _field("crm_to_ecosire", "ecosire_wins", "immutable = true"),
+            "entities.c.fields.f.immutable",
+            "rule ecosire_wins with direction crm_to_ecosire cannot revert an edit on crm: "
+            "nothing flows to crm (use both or ecosire_to_crm)",
+        ),
+        (
+            _field("ecosire_to_crm", "crm_wins", "immutable = true"),
+            "entities.c.fields.f.immutable",
+            "cannot revert an edit on ecosire: nothing flows to ecosire (use both or crm_to_ecosire)",
+        ),
+        (
+            _field("both", "ecosire_wins", 'immutable = "yes"'),
+            "entities.c.fields.f.immutable",
+            "expected true or false, got 'yes'",
+        ),
     ],
 )
 def test_a_bad_mapping_names_the_key_and_the_reason(text: str, key: str, reason: str) -> None:
@@ -80,6 +116,22 @@ def test_a_bad_mapping_names_the_key_and_the_reason(text: str, key: str, reason:
     assert caught.value.key == key
     assert reason in caught.value.reason
     assert str(caught.value).startswith(f"m.toml: {key}: ")
+
+
+@pytest.mark.parametrize(
+    ("direction", "rule"),
+    [
+        ("both", "ecosire_wins"),
+        ("both", "crm_wins"),
+        ("ecosire_to_crm", "ecosire_wins"),
+        ("crm_to_ecosire", "crm_wins"),
+    ],
+)
+def test_immutable_is_accepted_with_a_fixed_winner_that_can_write_back(direction: str, rule: str) -> None:
+    [spec] = parse_mapping(_field(direction, rule, "immutable = true"), "m.toml").entity("c").fields
+    assert spec.immutable
+    [plain] = parse_mapping(_field(direction, rule), "m.toml").entity("c").fields
+    assert not plain.immutable
 
 
 def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
@@ -152,6 +204,8 @@ def test_each_field_follows_its_rule_under_concurrent_edits() -> None:
         ("email", Rule.ECOSIRE_WINS, "ecosire"),
         ("tags", Rule.UNION, "merged"),
     }
+    # The CRM's edit of the immutable email is undone, not merely outvoted.
+    assert result.reverted == {Side.ECOSIRE: [], Side.CRM: ["email"]}
 
 
 def test_last_updated_wins_ties_go_to_ecosire_and_one_sided_changes_just_flow() -> None:
@@ -178,6 +232,59 @@ def test_an_empty_source_does_not_erase_a_fresh_link() -> None:
     eco = {**BASE, "type": None}
     result = merge(CONTACTS, view(eco, None, T0), view(crm, None, T0))
     assert "type" not in result.writes[Side.CRM]
+
+
+def test_an_immutable_field_edited_on_the_losing_side_is_written_back() -> None:
+    crm = {**BASE, "email": "changed@x.io"}
+    result = merge(CONTACTS, view(BASE, BASE, T0), view(crm, BASE, T0 + timedelta(hours=1)))
+    assert result.writes == {Side.ECOSIRE: {}, Side.CRM: {"email": "a@x.io"}}
+    assert result.reverted == {Side.ECOSIRE: [], Side.CRM: ["email"]} and not result.conflicts
+    # Once written back, both sides hold what their snapshots say: the next merge is quiet.
+    eco2, crm2 = (
+        result.snapshot(Side.ECOSIRE, view(BASE, BASE, T0)),
+        result.snapshot(Side.CRM, view(crm, BASE, T0)),
+    )
+    assert eco2 == crm2 == BASE
+    assert merge(CONTACTS, view(eco2, eco2, T0), view(crm2, crm2, T0)).writes_nothing
+    # A case-only edit is an edit too: ECOSIRE's spelling is the identity, the match key is not.
+    shouting = {**BASE, "email": "A@X.IO"}
+    assert merge(CONTACTS, view(BASE, BASE, T0), view(shouting, BASE, T0)).writes[Side.CRM] == {
+        "email": "a@x.io"
+    }
+
+
+def test_an_immutable_field_changed_on_the_winning_side_flows() -> None:
+    eco = {**BASE, "email": "new@x.io"}
+    result = merge(CONTACTS, view(eco, BASE, T0), view(BASE, BASE, T0 + timedelta(hours=1)))
+    assert result.writes == {Side.ECOSIRE: {}, Side.CRM: {"email": "new@x.io"}}
+    assert result.reverted == {Side.ECOSIRE: [], Side.CRM: []} and not result.conflicts
+
+
+def test_an_immutable_field_merges_as_usual_before_the_pair_has_a_base() -> None:
+    # Linking: the CRM's spelling of the shared address gives way to ECOSIRE's, as it always did,
+    # and nothing is counted as reverted (there was no edit to undo).
+    crm = {**BASE, "email": " A@x.io"}
+    linked = merge(CONTACTS, view(BASE, None, T0), view(crm, None, T0))
+    assert linked.writes[Side.CRM] == {"email": "a@x.io"}
+    assert linked.reverted == {Side.ECOSIRE: [], Side.CRM: []}
+
+
+def test_crm_wins_immutable_reverts_an_ecosire_edit() -> None:
+    [entity] = parse_mapping(_field("both", "crm_wins", "immutable = true"), "m.toml").entities
+    base = {"f": "crm-id"}
+    result = merge(entity, view({"f": "eco-edit"}, base, T0 + timedelta(hours=1)), view(base, base, T0))
+    assert result.writes == {Side.ECOSIRE: {"f": "crm-id"}, Side.CRM: {}}
+    assert result.reverted == {Side.ECOSIRE: ["f"], Side.CRM: []}
+
+
+def test_a_one_way_immutable_field_repairs_a_divergence_one_way_alone_would_keep() -> None:
+    text = _field("ecosire_to_crm", "ecosire_wins")
+    [plain] = parse_mapping(text, "m.toml").entities
+    [fixed] = parse_mapping(text + "immutable = true\n", "m.toml").entities
+    eco, crm = view({"f": "e"}, {"f": "e"}, T0), view({"f": "c"}, {"f": "c"}, T0)
+    assert merge(plain, eco, crm).writes_nothing
+    repaired = merge(fixed, eco, crm)
+    assert repaired.writes[Side.CRM] == {"f": "e"} and repaired.reverted[Side.CRM] == ["f"]
 
 
 tags = st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), unique=True).map(sorted)
@@ -209,6 +316,8 @@ def test_merge_converges_and_is_idempotent(
         if spec.direction.value == "both":
             assert eco2[spec.name] == crm2[spec.name], spec.name
     assert eco2["type"] == eco["type"] and crm2["phone"] == crm["phone"]
+    # An immutable field is never written on its winner's side once linked.
+    assert eco2["email"] == eco["email"]
     # Union keeps every addition made since the base on either side.
     added = (set(eco["tags"]) - set(base["tags"])) | (set(crm["tags"]) - set(base["tags"]))
     assert added <= set(eco2["tags"])

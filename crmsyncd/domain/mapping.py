@@ -1,6 +1,6 @@
 """The mapping: per entity, the resource on each side, the match key, and per field its names,
-direction, conflict rule and transform. Loaded from TOML and validated once, with errors that
-name the file, the key and the reason."""
+direction, conflict rule, transform and whether it is immutable. Loaded from TOML and validated
+once, with errors that name the file, the key and the reason."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ class Rule(StrEnum):
     ECOSIRE_WINS = "ecosire_wins"
     CRM_WINS = "crm_wins"
     UNION = "union"
+
+    @property
+    def winner(self) -> Side | None:
+        """The side a fixed rule names; None where the outcome depends on the edits."""
+        return {Rule.ECOSIRE_WINS: Side.ECOSIRE, Rule.CRM_WINS: Side.CRM}.get(self)
 
 
 class Transform(StrEnum):
@@ -69,6 +74,9 @@ class FieldSpec:
     # A record whose value is missing, null or blank on either side is bad input: parked at
     # staging with the field named, instead of costing a write the other API would refuse.
     required: bool = False
+    # The winner's value is the record's identity: once linked, an edit on the other side is
+    # written back (reverted) instead of flowing. Only with a fixed winner (checked at load).
+    immutable: bool = False
 
     def remote_name(self, side: Side) -> str:
         return self.ecosire if side is Side.ECOSIRE else self.crm
@@ -156,7 +164,7 @@ def parse_mapping(text: str, source: str) -> MappingSpec:
 
 
 _ENTITY_KEYS = {"ecosire", "crm", "match_key", "depends_on", "delete_policy", "fields"}
-_FIELD_KEYS = {"ecosire", "crm", "direction", "rule", "transform", "required"}
+_FIELD_KEYS = {"ecosire", "crm", "direction", "rule", "transform", "required", "immutable"}
 
 
 def _parse_entity(source: str, name: str, body: Any) -> EntitySpec:
@@ -220,9 +228,9 @@ def _parse_field(source: str, key: str, name: str, body: Any) -> FieldSpec:
     direction = _choice(source, f"{key}.direction", body["direction"], Direction)
     if rule is Rule.UNION and transform is not Transform.NONE:
         raise MappingError(source, f"{key}.transform", "a union field takes no transform")
-    required = body.get("required", False)
-    if not isinstance(required, bool):
-        raise MappingError(source, f"{key}.required", f"expected true or false, got {required!r}")
+    immutable = _bool(source, f"{key}.immutable", body.get("immutable", False))
+    if immutable:
+        _check_immutable(source, f"{key}.immutable", rule, direction)
     return FieldSpec(
         name=name,
         ecosire=_string(source, f"{key}.ecosire", body["ecosire"]),
@@ -231,8 +239,30 @@ def _parse_field(source: str, key: str, name: str, body: Any) -> FieldSpec:
         rule=rule,
         transform=transform,
         ref_entity=ref_entity,
-        required=required,
+        required=_bool(source, f"{key}.required", body.get("required", False)),
+        immutable=immutable,
     )
+
+
+def _check_immutable(source: str, key: str, rule: Rule, direction: Direction) -> None:
+    """An immutable field needs a side whose value is the identity, and a direction that can
+    write it back to the other side: a mapping that could not keep the promise stops the start
+    instead of letting the other side's edits through unnoticed."""
+    winner = rule.winner
+    if winner is None:
+        # last_updated_wins would let the loser's edit win by being later, union would keep it:
+        # neither can hold a value fixed.
+        raise MappingError(
+            source, key, f"an immutable field needs rule ecosire_wins or crm_wins, not {rule.value}"
+        )
+    loser = winner.other
+    if not direction.flows_to(loser):
+        raise MappingError(
+            source,
+            key,
+            f"rule {rule.value} with direction {direction.value} cannot revert an edit on "
+            f"{loser.value}: nothing flows to {loser.value} (use both or {winner.value}_to_{loser.value})",
+        )
 
 
 def _check_references(source: str, entities: list[EntitySpec]) -> None:
@@ -280,6 +310,12 @@ def _reject_unknown(source: str, key: str, body: dict[str, Any], allowed: set[st
             f"{key}.{unknown[0]}",
             f"unknown key (expected one of {', '.join(sorted(allowed))})",
         )
+
+
+def _bool(source: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise MappingError(source, key, f"expected true or false, got {value!r}")
+    return value
 
 
 def _string(source: str, key: str, value: Any) -> str:

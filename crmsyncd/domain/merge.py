@@ -1,7 +1,8 @@
 """Per-field three-way merge of one linked pair, with each side's last agreed values as the base.
 
 Pure: given both sides' current canonical values, their bases and their change stamps, it says
-what to write where and which rule settled each conflict."""
+what to write where, which rule settled each conflict, and which edits of immutable fields the
+writes undo."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Conflict:
 class MergeResult:
     writes: dict[Side, dict[str, Any]] = field(default_factory=lambda: {Side.ECOSIRE: {}, Side.CRM: {}})
     conflicts: list[Conflict] = field(default_factory=list)
+    # Per side, the immutable fields whose edit there is undone by this merge's write.
+    reverted: dict[Side, list[str]] = field(default_factory=lambda: {Side.ECOSIRE: [], Side.CRM: []})
 
     def snapshot(self, side: Side, view: SideView) -> dict[str, Any]:
         """The side's values once our writes land: the next base, and what its echo will show."""
@@ -64,6 +67,9 @@ def _settle(spec: FieldSpec, a: Any, b: Any, e: SideView, c: SideView, result: M
     base_b = c.base.get(spec.name, _MISSING) if c.base is not None else _MISSING
     a_changed = base_a is _MISSING or a != base_a
     b_changed = base_b is _MISSING or b != base_b
+    fixed = spec.rule.winner  # the loader allows immutable only with one
+    if spec.immutable and fixed is not None and base_a is not _MISSING and base_b is not _MISSING:
+        return _immutable(spec, fixed, a, b, a_changed, b_changed, result)
     if spec.direction is Direction.ECOSIRE_TO_CRM:
         return _one_way(a, b, base_a, a_changed or b_changed)
     if spec.direction is Direction.CRM_TO_ECOSIRE:
@@ -82,6 +88,22 @@ def _settle(spec: FieldSpec, a: Any, b: Any, e: SideView, c: SideView, result: M
     return a if winner is Side.ECOSIRE else b
 
 
+def _immutable(
+    spec: FieldSpec, winner: Side, a: Any, b: Any, a_changed: bool, b_changed: bool, result: MergeResult
+) -> Any:
+    """A linked pair's immutable field: the winner's value is the record's identity, so it is
+    what both sides hold, whatever either did since. On create and link (no base yet) the field
+    merges like any other, which is how the loser gets the value in the first place."""
+    won_changed, lost_changed = (a_changed, b_changed) if winner is Side.ECOSIRE else (b_changed, a_changed)
+    if won_changed and lost_changed:
+        result.conflicts.append(Conflict(spec.name, spec.rule, winner.value))
+    if lost_changed or not won_changed:
+        # Not the winner's own change flowing on: the loser's value is undone (its edit, or a
+        # divergence that predates the field being declared immutable).
+        result.reverted[winner.other].append(spec.name)
+    return a if winner is Side.ECOSIRE else b
+
+
 def _one_way(source: Any, target: Any, source_base: Any, either_changed: bool) -> Any:
     """The source side's value, once it has something to say.
 
@@ -94,11 +116,11 @@ def _one_way(source: Any, target: Any, source_base: Any, either_changed: bool) -
 
 
 def _winner(rule: Rule, e_at: datetime | None, c_at: datetime | None) -> Side:
-    if rule is Rule.CRM_WINS:
-        return Side.CRM
+    if rule.winner is not None:
+        return rule.winner
     if rule is Rule.LAST_UPDATED_WINS and e_at is not None and c_at is not None and c_at > e_at:
         return Side.CRM
-    # ECOSIRE_WINS, and the fixed tie-break of last_updated_wins.
+    # The fixed tie-break of last_updated_wins.
     return Side.ECOSIRE
 
 

@@ -208,6 +208,8 @@ class PairWorker:
             body = to_remote(self.entity, side, changes, refs)
             await self.connectors[side].update(self.entity.resource(side), record_id, body)
             self.counts.updated[side.value] += 1
+            if result.reverted[side]:
+                self.counts.reverted[side.value] += 1
         if result.writes_nothing:
             self.counts.unchanged += 1
 

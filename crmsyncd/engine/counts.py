@@ -15,6 +15,8 @@ class PassCounts:
     linked: int = 0  # pairs formed by the match key instead of a create
     created: Counter[str] = field(default_factory=Counter)  # by side written
     updated: Counter[str] = field(default_factory=Counter)  # by side written
+    # Of those updates, the ones undoing an edit of an immutable field there, by side written.
+    reverted: Counter[str] = field(default_factory=Counter)
     unchanged: int = 0  # merged pairs needing no write
     conflicts: Counter[str] = field(default_factory=Counter)  # by "field:rule:winner"
     parked: Counter[str] = field(default_factory=Counter)  # by error class
@@ -27,7 +29,16 @@ class PassCounts:
         return sum(self.created.values()) + sum(self.updated.values()) + sum(self.deleted.values())
 
     def add(self, other: PassCounts) -> None:
-        for name in ("seen", "created", "updated", "conflicts", "parked", "deleted", "deleted_seen"):
+        for name in (
+            "seen",
+            "created",
+            "updated",
+            "reverted",
+            "conflicts",
+            "parked",
+            "deleted",
+            "deleted_seen",
+        ):
             getattr(self, name).update(getattr(other, name))
         for name in ("echoes", "staged", "linked", "unchanged", "retried_ok"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -40,6 +51,7 @@ class PassCounts:
             "linked": self.linked,
             "created": dict(self.created),
             "updated": dict(self.updated),
+            "reverted": dict(self.reverted),
             "unchanged": self.unchanged,
             "conflicts": dict(self.conflicts),
             "parked": dict(self.parked),
