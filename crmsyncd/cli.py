@@ -16,6 +16,7 @@ import orjson
 from crmsyncd.app import DatabaseUnavailable, open_app, open_database
 from crmsyncd.config import ConfigError, Settings, load_settings
 from crmsyncd.domain.mapping import MappingError
+from crmsyncd.domain.records import Side
 from crmsyncd.engine.sync import PassReport
 from crmsyncd.observability.logging import configure_logging
 from crmsyncd.store.errors import Backoff, ErrorStore
@@ -147,6 +148,26 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _cursor_rows(entities: Sequence[str], cursors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every configured entity and side, in order (a side with no record read yet has no position:
+    cursors are placed on record stamps only), then any other entity the database still holds."""
+    stored = {(c["entity"], c["side"]): c for c in cursors}
+    names = [*entities, *sorted({entity for entity, _ in stored} - set(entities))]
+    rows = []
+    for entity in names:
+        for side in Side:
+            c = stored.get((entity, side.value))
+            rows.append(
+                {
+                    "entity": entity,
+                    "side": side.value,
+                    "updated_at": c["updated_at"].isoformat() if c else None,
+                    "record_id": c["record_id"] if c else None,
+                }
+            )
+    return rows
+
+
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     async with open_database(settings) as pool:
         cursors = await CursorStore(pool).all()
@@ -154,15 +175,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         queue = await ErrorStore(pool, Backoff()).counts()
         last = await RunStore(pool).last("sync")
     doc: dict[str, Any] = {
-        "cursors": [
-            {
-                "entity": c["entity"],
-                "side": c["side"],
-                "updated_at": c["updated_at"].isoformat(),
-                "record_id": c["record_id"],
-            }
-            for c in cursors
-        ],
+        "cursors": _cursor_rows(settings.entities, cursors),
         "pairs": [dict(p) for p in pairs],
         "errors": queue,
         "last_pass": None
@@ -188,7 +201,8 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         )
     print("cursors:")
     for c in doc["cursors"]:
-        print(f"  {c['entity']:<10} {c['side']:<8} {c['updated_at']}  {c['record_id']}")
+        where = f"{c['updated_at']}  {c['record_id']}" if c["updated_at"] else "nothing read yet"
+        print(f"  {c['entity']:<10} {c['side']:<8} {where}")
     print(f"retry queue: {queue['pending']} pending, {queue['dead']} dead, {queue['resolved']} resolved")
     lp = doc["last_pass"]
     print(

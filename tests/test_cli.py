@@ -32,6 +32,10 @@ async def test_sync_once_then_status_and_a_clean_errors_list(
     assert {(c["entity"], c["side"]) for c in doc["cursors"]} == {
         (entity, side) for entity in ("contacts", "deals") for side in ("ecosire", "crm")
     }
+    # Cursors sit on record stamps: ECOSIRE's contacts were read; the CRM's copies (ours) and the
+    # deals (none) have given no stamp yet.
+    placed = {(c["entity"], c["side"]) for c in doc["cursors"] if c["updated_at"] is not None}
+    assert placed == {("contacts", "ecosire")}
     listing = await run_cli("errors", "list", env=env)
     assert listing.code == 0 and "the retry queue is empty" in listing.stdout
 
