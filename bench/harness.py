@@ -372,7 +372,7 @@ def daemon_env(
     eco: SandboxServer,
     crm: SandboxServer,
     *,
-    ecosire_rate_limit: int,
+    ecosire_rate_limit: int | None,
     crm_rate_limit: int | None,
     workers: int | None = None,
     data_dir: Path,
@@ -383,7 +383,6 @@ def daemon_env(
         "CRMSYNCD_DATA_DIR": str(data_dir),
         "ECOSIRE_API_URL": eco.url,
         "ECOSIRE_API_KEY": eco.api_key,
-        "ECOSIRE_RATE_LIMIT": str(ecosire_rate_limit),
         "CRMSYNCD_CRM": "rest",
         "CRM_API_URL": crm.url,
         "CRM_API_KEY": crm.api_key,
@@ -391,6 +390,9 @@ def daemon_env(
         "CRMSYNCD_LOG_FORMAT": "json",
         "CRMSYNCD_LOG_LEVEL": "info",
     }
+    # None leaves a variable unset: the server's rate-limit headers alone set the pace.
+    if ecosire_rate_limit is not None:
+        values["ECOSIRE_RATE_LIMIT"] = str(ecosire_rate_limit)
     if crm_rate_limit is not None:
         values["CRM_RATE_LIMIT"] = str(crm_rate_limit)
     if workers is not None:

@@ -28,7 +28,8 @@ from bench.harness import (
     sandboxes,
 )
 
-# "No rate limit" for the daemon's own pacer: ECOSIRE_RATE_LIMIT must be a number.
+# "No rate limit" for the daemon's own pacer against a server that sends no rate-limit headers
+# (unset, ECOSIRE_RATE_LIMIT would fall back to the documented 60 a minute).
 UNLIMITED = 1_000_000_000
 TIMELINE_BUCKET = 10.0
 
@@ -62,7 +63,7 @@ QUICK = Plan(
     latency=0.020,
     crmsyncd_runs=1,
     baseline_runs=1,
-    workers=(8, 32),
+    workers=(32, 8),
     other_worker_runs=1,
     quiet_runs=3,
     changed_per_side=100,
@@ -79,7 +80,7 @@ FULL = Plan(
     latency=0.020,
     crmsyncd_runs=3,
     baseline_runs=1,
-    workers=(8, 32),
+    workers=(32, 8),
     other_worker_runs=1,
     quiet_runs=5,
     changed_per_side=100,
@@ -118,8 +119,10 @@ class Bench:
             dsn,
             eco,
             crm,
-            ecosire_rate_limit=rate_limit or UNLIMITED,
-            crm_rate_limit=rate_limit,
+            # A limited server advertises its limit in its headers, which set the pace: both
+            # variables are left unset, as a user would. An unlimited one sends no headers.
+            ecosire_rate_limit=None if rate_limit else UNLIMITED,
+            crm_rate_limit=None,
             workers=workers,
             data_dir=self.logs / "unused-data-dir",
             source=self.source,
@@ -352,12 +355,11 @@ class Bench:
                 self.pg.direct_dsn(database),
                 eco,
                 crm,
-                ecosire_rate_limit=UNLIMITED,
+                ecosire_rate_limit=None,
                 crm_rate_limit=None,
                 data_dir=self.logs / "unused-data-dir",
                 source=self.source,
             )
-            del env["ECOSIRE_RATE_LIMIT"]  # unset, as a user would leave it: the server's word
             result = await run_measured(
                 daemon_argv(),
                 env,

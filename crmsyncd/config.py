@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     reconcile_budget: Annotated[int, Field(ge=1)] = Field(1000, validation_alias="CRMSYNCD_RECONCILE_BUDGET")
     delete_guard: Annotated[float, Field(gt=0, le=1)] = Field(0.1, validation_alias="CRMSYNCD_DELETE_GUARD")
     max_attempts: Annotated[int, Field(ge=1)] = Field(5, validation_alias="CRMSYNCD_MAX_ATTEMPTS")
-    workers: Annotated[int, Field(ge=1, le=256)] = Field(8, validation_alias="CRMSYNCD_WORKERS")
+    workers: Annotated[int, Field(ge=1, le=256)] = Field(32, validation_alias="CRMSYNCD_WORKERS")
     queue_size: Annotated[int, Field(ge=1)] = Field(200, validation_alias="CRMSYNCD_QUEUE_SIZE")
     overlap: Annotated[float, Field(ge=0)] = Field(2.0, validation_alias="CRMSYNCD_OVERLAP")
     http_timeout: Annotated[float, Field(gt=0)] = Field(30.0, validation_alias="CRMSYNCD_HTTP_TIMEOUT")

@@ -1,6 +1,6 @@
 """One pass, per entity in dependency order: both sides' pagers stage their changes concurrently,
-records are linked by the match key, then claimed pairs flow through a bounded queue to N workers
-that merge and write; bookkeeping lands in batches."""
+records are linked by the match key, then claimed pairs flow through a bounded queue per target API
+to its workers, which merge and write; bookkeeping lands in batches."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ log = get_logger()
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    workers: int = 8
+    workers: int = 32  # split evenly between the two target APIs
     queue_size: int = 200
     page_size: int = 100
     overlap: timedelta = timedelta(seconds=2)
@@ -142,10 +142,23 @@ class SyncEngine:
             entity.name, self.settings.delete_guard, await self.pairs.linked_count(entity.name)
         )
         worker = PairWorker(entity, self.connectors, self.pairs.owner, self.pairs.linked_ids, counts, guard)
-        queue: asyncio.Queue[tuple[Pair, Any] | None] = asyncio.Queue(self.settings.queue_size)
+        # A queue and a set of workers per target API, so that both are written at once: with one
+        # queue, pairs claimed in id order keep every worker waiting on whichever API is slower
+        # (or more tightly limited) while the other idles. Each connector's pacer keeps its API
+        # within its limit however many workers wait on it.
+        workers = max(1, self.settings.workers // len(Side))
+        queues: dict[Side, asyncio.Queue[tuple[Pair, Any] | None]] = {
+            side: asyncio.Queue(max(1, self.settings.queue_size // len(Side))) for side in Side
+        }
         waiting: set[int] = set()  # claimed, not yet started: their claim can be undone
         started: set[int] = set()  # a remote write may have happened: the doubt is kept
         aborted: list[BaseException] = []
+
+        def target(plan: JSON | None) -> Side:
+            if plan:
+                return Side(next(iter(plan)))
+            # Nothing to write (or a record to park): whichever queue is shorter.
+            return min(Side, key=lambda side: queues[side].qsize())
 
         async def produce() -> None:
             try:
@@ -156,18 +169,19 @@ class SyncEngine:
                     wanted = wanted_refs(entity, batch)
                     refs = await resolve_refs(self.pairs, entity, wanted) if wanted else {}
                     # Recorded before any remote call: a kill then leaves what was meant.
-                    plans = ((pair, worker.plan(pair, refs)) for pair in batch)
+                    plans = [(pair, worker.plan(pair, refs)) for pair in batch]
                     await self.pairs.set_intents([(p.id, p.with_intent(plan)) for p, plan in plans if plan])
-                    for pair in batch:
+                    for pair, plan in plans:
                         waiting.add(pair.id)
-                        await queue.put((pair, refs))
+                        await queues[target(plan)].put((pair, refs))
             except Exception as exc:
                 aborted.append(exc)
             finally:
-                for _ in range(self.settings.workers):
-                    await queue.put(None)
+                for queue in queues.values():
+                    for _ in range(workers):
+                        await queue.put(None)
 
-        async def consume(buffer: ResultBuffer) -> None:
+        async def consume(queue: asyncio.Queue[tuple[Pair, Any] | None], buffer: ResultBuffer) -> None:
             while (item := await queue.get()) is not None:
                 pair, refs = item
                 if aborted or self.stopping.is_set():
@@ -194,7 +208,8 @@ class SyncEngine:
             self.settings.flush_size,
             self.settings.flush_interval,
         ) as buffer:
-            await asyncio.gather(produce(), *(consume(buffer) for _ in range(self.settings.workers)))
+            consumers = [consume(queue, buffer) for queue in queues.values() for _ in range(workers)]
+            await asyncio.gather(produce(), *consumers)
         await self.pairs.release(self.pool, sorted(waiting), "ok", untouched=True)
         await self.pairs.release(self.pool, sorted(started), "ok")
         if aborted:
