@@ -13,7 +13,7 @@ import asyncpg
 from crmsyncd.domain.records import Side
 from crmsyncd.engine.apply import Deleted, Parked, Result
 from crmsyncd.observability.logging import get_logger
-from crmsyncd.store.db import Pool
+from crmsyncd.store.db import Pool, execute_atomically
 from crmsyncd.store.errors import ErrorStore, Failure
 from crmsyncd.store.pairs import PairStore, Settled
 
@@ -88,13 +88,23 @@ class ResultBuffer:
         settled = [i for i in items if isinstance(i, Settled)]
         parked = [i for i in items if isinstance(i, Parked)]
         deleted = [i for i in items if isinstance(i, Deleted)]
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self.pairs.mark_deleted(conn, [(d.pair_id, d.side) for d in deleted])
-            await self.errors.park(conn, [d.failure for d in deleted if d.failure is not None])
-            await self.pairs.attach(conn, [p.link for p in parked if p.link])
-            await self.pairs.settle(conn, self.entity, settled)
-            await self.errors.park(conn, [p.failure for p in parked])
-            await self.pairs.release(conn, [p.pair_id for p in parked], "parked")
+        links = [p.link for p in parked if p.link]
+        failures = [d.failure for d in deleted if d.failure is not None] + [p.failure for p in parked]
+        # The batch lands whole or not at all, as one statement: no two parts may write the same
+        # row, which holds while each pair has one result, unless a parked pair is also attached
+        # (a create whose follow-up failed: rare). Otherwise the parts run in turn in a transaction.
+        overlapping = bool(links) or len({i.pair_id for i in items}) < len(items)
+        await execute_atomically(
+            self.pool,
+            [
+                self.pairs.mark_deleted_statement([(d.pair_id, d.side) for d in deleted]),
+                *self.pairs.attach_statements(links),
+                *self.pairs.settle_statements(self.entity, settled),
+                self.errors.park_statement(failures),
+                self.pairs.release_statement([p.pair_id for p in parked], "parked"),
+            ],
+            in_order=overlapping,
+        )
 
 
 def _as_conflict(entity: str, item: Result, exc: Exception) -> Parked | Deleted:

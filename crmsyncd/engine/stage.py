@@ -32,7 +32,7 @@ from crmsyncd.domain.canonical import (
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import JSON, BadRecord, Side
 from crmsyncd.engine.counts import PassCounts
-from crmsyncd.store.db import Pool
+from crmsyncd.store.db import Pool, execute_atomically
 from crmsyncd.store.errors import ErrorStore, Failure
 from crmsyncd.store.pairs import CursorStore, Observation, PairStore
 
@@ -210,11 +210,18 @@ class Stager:
             observations.append(Observation(record_id, key, storable(body)[0], stamp))
         parked_ids = [f.record_id for f in failures]
         failures = await self._not_parked_yet(entity.name, side, failures)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self.pairs.stage(conn, entity.name, side, observations)
-            await self.errors.park(conn, failures)
-            if cursor is not None:
-                await self.cursors.save(conn, entity.name, side, cursor.updated_at, cursor.record_id)
+        # One statement, so the page's observations, its parked records and the cursor past them
+        # land together (three tables: no row is written twice).
+        await execute_atomically(
+            self.pool,
+            [
+                self.pairs.stage_statement(entity.name, side, observations),
+                self.errors.park_statement(failures),
+                None
+                if cursor is None
+                else self.cursors.save_statement(entity.name, side, cursor.updated_at, cursor.record_id),
+            ],
+        )
         counts.staged += len(observations)
         for failure in failures:
             counts.parked[failure.error_class] += 1

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from crmsyncd.domain.records import JSON, Side
-from crmsyncd.store.db import Executor, Pool
+from crmsyncd.store.db import Executor, Pool, Statement, execute
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +71,13 @@ class ErrorStore:
     async def park(self, conn: Executor, failures: Sequence[Failure]) -> None:
         """One open row per record: a repeat failure counts an attempt and pushes the next one
         out exponentially, with full jitter so that parked records do not retry in lockstep."""
+        await execute(conn, [self.park_statement(failures)])
+
+    def park_statement(self, failures: Sequence[Failure]) -> Statement | None:
+        """`park` as a statement to run with others; None when there is nothing to park."""
         if not failures:
-            return
-        await conn.execute(
+            return None
+        return Statement(
             """
             INSERT INTO sync_error AS e (entity, side, record_id, map_id, payload, reason,
                                          error_class, status, next_attempt_at)
@@ -95,17 +99,19 @@ class ErrorStore:
                     secs => least($11, $10 * power(2, e.attempts)) * random()),
                 updated_at = now()
             """,
-            [f.entity for f in failures],
-            [f.side.value for f in failures],
-            [f.record_id for f in failures],
-            [f.map_id for f in failures],
-            [f.payload for f in failures],
-            [f.reason for f in failures],
-            [f.error_class for f in failures],
-            [f.final for f in failures],
-            self.backoff.max_attempts,
-            self.backoff.base_seconds,
-            self.backoff.cap_seconds,
+            (
+                [f.entity for f in failures],
+                [f.side.value for f in failures],
+                [f.record_id for f in failures],
+                [f.map_id for f in failures],
+                [f.payload for f in failures],
+                [f.reason for f in failures],
+                [f.error_class for f in failures],
+                [f.final for f in failures],
+                self.backoff.max_attempts,
+                self.backoff.base_seconds,
+                self.backoff.cap_seconds,
+            ),
         )
 
     async def claim_due(self, limit: int, *, include_not_due: bool = False) -> list[ErrorRow]:

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from crmsyncd.domain.records import JSON, Side
-from crmsyncd.store.db import Executor, Pool
+from crmsyncd.store.db import Executor, Pool, Statement, execute
 
 
 @dataclass(slots=True)
@@ -163,13 +163,13 @@ class PairStore:
         )
         return {r["rid"]: r["oid"] for r in rows}
 
-    async def stage(self, conn: Executor, entity: str, side: Side, batch: Sequence[Observation]) -> None:
+    def stage_statement(self, entity: str, side: Side, batch: Sequence[Observation]) -> Statement | None:
         """Record observations; an older one never replaces a newer one; staging unparks."""
         if not batch:
-            return
+            return None
         rid, pend, pend_at = _col(side, "id"), _col(side, "pending"), _col(side, "pending_at")
         seen = _col(side, "seen_at")
-        await conn.execute(
+        return Statement(
             f"""
             INSERT INTO record_map (entity, {rid}, match_key, {pend}, {pend_at})
             SELECT $1, u.rid, u.mkey, u.body, u.at
@@ -187,11 +187,13 @@ class PairStore:
               -- not older than the version already merged (a replayed or re-read payload)
               AND (record_map.{seen} IS NULL OR record_map.{seen} < EXCLUDED.{pend_at})
             """,
-            entity,
-            [o.record_id for o in batch],
-            [o.match_key for o in batch],
-            [o.body for o in batch],
-            [o.updated_at for o in batch],
+            (
+                entity,
+                [o.record_id for o in batch],
+                [o.match_key for o in batch],
+                [o.body for o in batch],
+                [o.updated_at for o in batch],
+            ),
         )
 
     async def link_groups(self, entity: str) -> list[tuple[str, list[int], list[int]]]:
@@ -258,9 +260,21 @@ class PairStore:
             )
 
     async def claim(
-        self, entity: str, run_id: int, limit: int, only: Sequence[int] | None = None
+        self,
+        entity: str,
+        run_id: int,
+        limit: int,
+        only: Sequence[int] | None = None,
+        *,
+        after: int | None = None,
     ) -> list[Pair]:
-        """Rows with observations to merge, marked as this run's before any remote write.
+        """Rows with observations to merge, marked as this run's before any remote write, in id
+        order. Given the last id of the previous batch as `after`, the claim walks the index from
+        there instead of stepping again over the rows this run claimed and has not settled yet.
+        Rows before it are this run's already but for two kinds, which then wait for the next
+        pass: one skipped because another transaction had it locked, and one settled while a
+        newer observation was staged (a pass stages before it claims, so only another process
+        staging meanwhile could do that, and the entity lock keeps other daemons out).
 
         `attempts` counts claims that have not finished: above one, an earlier attempt may
         have written remotely and then died, so the worker looks before it creates."""
@@ -269,9 +283,13 @@ class PairStore:
             UPDATE record_map m SET claim_run = $2, attempts = m.attempts + 1,
                 claimed_at = coalesce(m.claimed_at, now())
             WHERE m.id IN (
+                -- Exactly the predicate of the index record_map_claimable, which yields rows in
+                -- id order whatever the statistics say (just after a bulk staging, they say the
+                -- table is small and a sort of every pending row looks cheap).
                 SELECT id FROM record_map
                 WHERE entity = $1 AND state = 'ok'
                   AND (ecosire_pending IS NOT NULL OR crm_pending IS NOT NULL)
+                  AND id > $5
                   AND claim_run IS DISTINCT FROM $2
                   AND ($4::bigint[] IS NULL OR id = ANY($4::bigint[]))
                 ORDER BY id LIMIT $3
@@ -282,12 +300,14 @@ class PairStore:
             run_id,
             limit,
             list(only) if only is not None else None,
+            after or 0,  # ids start at 1
         )
         return sorted((Pair.from_row(r) for r in rows), key=lambda p: p.id)
 
-    async def settle(self, conn: Executor, entity: str, settled: Sequence[Settled]) -> None:
+    def settle_statements(self, entity: str, settled: Sequence[Settled]) -> list[Statement]:
+        """Merges that landed: the pairs' new state, and their error rows resolved."""
         if not settled:
-            return
+            return []
         columns: list[list[Any]] = [[] for _ in range(10)]
         for s in settled:
             for i, value in enumerate(
@@ -305,7 +325,7 @@ class PairStore:
                 )
             ):
                 columns[i].append(value)
-        await conn.execute(
+        pairs = Statement(
             """
             UPDATE record_map m SET
                 ecosire_id = u.eid, crm_id = u.cid, match_key = coalesce(u.mkey, m.match_key),
@@ -328,11 +348,13 @@ class PairStore:
                  AS u(id, eid, cid, mkey, esnap, csnap, eseen, cseen, epat, cpat)
             WHERE m.id = u.id
             """,
-            *columns,
+            tuple(columns),
         )
         # Errors of these pairs are resolved, including rows parked before the record reached
-        # the map (unreadable then, fixed since), found by their record id.
-        await conn.execute(
+        # the map (unreadable then, fixed since), found by their record id. Whether such a row
+        # exists is not known here, and asking would cost as much as resolving: run together
+        # with the update above, it costs no round trip (indexes sync_error_open, _map_id).
+        errors = Statement(
             """
             UPDATE sync_error SET status = 'resolved', resolved_at = now(), updated_at = now()
             WHERE status <> 'resolved'
@@ -341,31 +363,44 @@ class PairStore:
                        AND ((side = 'ecosire' AND record_id = ANY($3::text[]))
                             OR (side = 'crm' AND record_id = ANY($4::text[])))))
             """,
-            [s.pair_id for s in settled],
-            entity,
-            [s.ecosire_id for s in settled],
-            [s.crm_id for s in settled],
+            (
+                [s.pair_id for s in settled],
+                entity,
+                [s.ecosire_id for s in settled],
+                [s.crm_id for s in settled],
+            ),
         )
+        return [pairs, errors]
 
     async def attach(self, conn: Executor, links: Sequence[Link]) -> None:
         """Record counterparts created by a merge that failed afterwards: the pair is linked, and
         the created record is its observation on that side, so the retry has both sides' values."""
+        await execute(conn, self.attach_statements(links))
+
+    def attach_statements(self, links: Sequence[Link]) -> list[Statement]:
+        """`attach` as statements to run with others: one per side that has links."""
+        statements = []
         for side in Side:
             mine = [link for link in links if link.side is side]
             if mine:
-                await conn.execute(
-                    f"UPDATE record_map m SET {_col(side, 'id')} = u.rid, {_col(side, 'pending')} = u.body,"
-                    f" {_col(side, 'pending_at')} = u.at,"
-                    " ecosire_snapshot = coalesce(m.ecosire_snapshot, u.base),"
-                    " crm_snapshot = coalesce(m.crm_snapshot, u.base)"
-                    " FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::jsonb[])"
-                    " AS u(id, rid, body, at, base) WHERE m.id = u.id",
-                    [link.pair_id for link in mine],
-                    [link.record_id for link in mine],
-                    [link.body for link in mine],
-                    [link.updated_at for link in mine],
-                    [link.base for link in mine],
+                statements.append(
+                    Statement(
+                        f"UPDATE record_map m SET {_col(side, 'id')} = u.rid,"
+                        f" {_col(side, 'pending')} = u.body, {_col(side, 'pending_at')} = u.at,"
+                        " ecosire_snapshot = coalesce(m.ecosire_snapshot, u.base),"
+                        " crm_snapshot = coalesce(m.crm_snapshot, u.base)"
+                        " FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::jsonb[])"
+                        " AS u(id, rid, body, at, base) WHERE m.id = u.id",
+                        (
+                            [link.pair_id for link in mine],
+                            [link.record_id for link in mine],
+                            [link.body for link in mine],
+                            [link.updated_at for link in mine],
+                            [link.base for link in mine],
+                        ),
+                    )
                 )
+        return statements
 
     async def in_doubt(self, entity: str) -> list[Pair]:
         """Unlinked rows an unfinished claim may have created remotely (a crash, a lost answer)."""
@@ -449,29 +484,34 @@ class PairStore:
     ) -> None:
         """Give back claimed rows that were not settled: parked, or (untouched) never attempted,
         in which case the claim is undone so that it raises no doubt next time."""
-        if pair_ids:
-            await conn.execute(
-                "UPDATE record_map SET state = $2, claim_run = NULL, updated_at = now(),"
-                " attempts = CASE WHEN $3 THEN greatest(attempts - 1, 0) ELSE attempts END,"
-                " claimed_at = CASE WHEN $3 AND attempts <= 1 THEN NULL ELSE claimed_at END,"
-                " intent = CASE WHEN $3 AND attempts <= 1 THEN NULL ELSE intent END"
-                " WHERE id = ANY($1::bigint[])",
-                list(pair_ids),
-                state,
-                untouched,
-            )
+        await execute(conn, [self.release_statement(pair_ids, state, untouched=untouched)])
 
-    async def mark_deleted(self, conn: Executor, deleted: Sequence[tuple[int, Side]]) -> None:
+    def release_statement(
+        self, pair_ids: Sequence[int], state: str, *, untouched: bool = False
+    ) -> Statement | None:
+        """`release` as a statement to run with others; None when there is nothing to release."""
+        if not pair_ids:
+            return None
+        return Statement(
+            "UPDATE record_map SET state = $2, claim_run = NULL, updated_at = now(),"
+            " attempts = CASE WHEN $3 THEN greatest(attempts - 1, 0) ELSE attempts END,"
+            " claimed_at = CASE WHEN $3 AND attempts <= 1 THEN NULL ELSE claimed_at END,"
+            " intent = CASE WHEN $3 AND attempts <= 1 THEN NULL ELSE intent END"
+            " WHERE id = ANY($1::bigint[])",
+            (list(pair_ids), state, untouched),
+        )
+
+    def mark_deleted_statement(self, deleted: Sequence[tuple[int, Side]]) -> Statement | None:
         """A pair whose record is gone on one side: kept, never written again, never re-created."""
-        if deleted:
-            await conn.execute(
-                "UPDATE record_map m SET state = 'deleted', deleted_side = u.side, deleted_at = now(),"
-                " claim_run = NULL, claimed_at = NULL, attempts = 0, intent = NULL, ecosire_pending = NULL,"
-                " ecosire_pending_at = NULL, crm_pending = NULL, crm_pending_at = NULL, updated_at = now()"
-                " FROM unnest($1::bigint[], $2::text[]) AS u(id, side) WHERE m.id = u.id",
-                [pair_id for pair_id, _ in deleted],
-                [side.value for _, side in deleted],
-            )
+        if not deleted:
+            return None
+        return Statement(
+            "UPDATE record_map m SET state = 'deleted', deleted_side = u.side, deleted_at = now(),"
+            " claim_run = NULL, claimed_at = NULL, attempts = 0, intent = NULL, ecosire_pending = NULL,"
+            " ecosire_pending_at = NULL, crm_pending = NULL, crm_pending_at = NULL, updated_at = now()"
+            " FROM unnest($1::bigint[], $2::text[]) AS u(id, side) WHERE m.id = u.id",
+            ([pair_id for pair_id, _ in deleted], [side.value for _, side in deleted]),
+        )
 
     async def linked_count(self, entity: str) -> int:
         count: int = await self.pool.fetchval(
@@ -551,11 +591,9 @@ class CursorStore:
         )
         return (row["updated_at"], row["record_id"]) if row else None
 
-    async def save(
-        self, conn: Executor, entity: str, side: Side, updated_at: datetime, record_id: str
-    ) -> None:
+    def save_statement(self, entity: str, side: Side, updated_at: datetime, record_id: str) -> Statement:
         # GREATEST-style guard: a cursor only moves forward.
-        await conn.execute(
+        return Statement(
             """
             INSERT INTO sync_cursor (entity, side, updated_at, record_id) VALUES ($1, $2, $3, $4)
             ON CONFLICT (entity, side) DO UPDATE SET
@@ -563,10 +601,7 @@ class CursorStore:
             WHERE (sync_cursor.updated_at, sync_cursor.record_id)
                   < (EXCLUDED.updated_at, EXCLUDED.record_id)
             """,
-            entity,
-            side.value,
-            updated_at,
-            record_id,
+            (entity, side.value, updated_at, record_id),
         )
 
     async def all(self) -> list[asyncpg.Record]:
