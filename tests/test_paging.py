@@ -784,3 +784,52 @@ async def test_skewed_date_headers_and_late_commits_lose_nothing_and_write_once(
 
     quiet = await app.engine.sync_pass(app.entities)
     assert quiet.counts.writes == 0
+
+
+async def test_a_dense_overlap_window_is_read_again_until_it_settles_then_quiet_passes_cost_one_list(
+    env: dict[str, str], eco: HookedEcosire, crm: HookedCrm
+) -> None:
+    """A burst (250 records stamped within a second) fills the overlap window before the newest
+    stamp: passes re-read it whole, late commits included, until a complete read has done so at
+    least the overlap after the newest stamp was read; from then on a quiet pass costs one list
+    request a side, and a new record opens a new window."""
+    eco.clock, crm.clock = TickingClock(T0, MS), TickingClock(T0, MS)
+    eco.seed("contacts", spread(eco_people(250), T0 - timedelta(hours=1), 4 * MS))
+
+    def eco_lists() -> int:
+        return len(
+            [q for resource, q in eco.lists if resource == "contacts" and q.get("sortBy") == "updatedAt"]
+        )
+
+    async with app_with(CRMSYNCD_OVERLAP="60") as app:
+        first = await app.engine.sync_pass(app.entities)
+        assert first.counts.created == {"crm": 250}
+        newest = await cursor(app, Side.ECOSIRE)
+
+        before = eco_lists()
+        eco.seed(
+            "contacts", [{**eco_people(1, "late")[0], "updatedAt": format_timestamp(newest - 30_000 * MS)}]
+        )
+        second = await app.engine.sync_pass(app.entities)
+        assert eco_lists() - before == 3  # the whole window, 251 records at 100 a page
+        assert second.counts.created == {"crm": 1}
+
+        # The next pass a few minutes later, as the daemon's interval has it.
+        await app.pool.execute("UPDATE sync_cursor SET saved_at = saved_at - interval '5 minutes'")
+        before = eco_lists()
+        third = await app.engine.sync_pass(app.entities)
+        assert eco_lists() - before == 3 and third.counts.writes == 0  # read whole once more: settled
+        for _ in range(2):
+            before = eco_lists()
+            quiet = await app.engine.sync_pass(app.entities)
+            assert eco_lists() - before == 1 and quiet.counts.writes == 0
+
+        # A new record moves the cursor: its window is read again by the next pass.
+        eco.seed("contacts", eco_people(1, "new"))
+        assert (await app.engine.sync_pass(app.entities)).counts.created == {"crm": 1}
+        eco.seed(
+            "contacts",
+            [{**eco_people(1, "late2")[0], "updatedAt": format_timestamp(eco.now() - 10_000 * MS)}],
+        )
+        assert (await app.engine.sync_pass(app.entities)).counts.created == {"crm": 1}
+        converged(eco, crm)

@@ -69,9 +69,11 @@ class PageOfChanges:
     records: list[tuple[str, datetime, JSON]] = field(default_factory=list)
     unusable: list[tuple[JSON, BadRecord]] = field(default_factory=list)
     cursor: Position | None = None
+    # Set on the last page of a read that ran to the list's end (not cut short by its budget).
+    complete: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.records or self.unusable or self.cursor)
+        return bool(self.records or self.unusable or self.cursor or self.complete)
 
 
 class PagingLoop(RuntimeError):
@@ -165,7 +167,7 @@ class _Pager:
                 self._take(row, out)
             if not more:
                 # The list ends here: every record of it was read.
-                out.cursor = _greatest(rows)
+                out.cursor, out.complete = _greatest(rows), True
             elif last is not None:
                 # Records sharing the last stamp may continue on the next page.
                 out.cursor = (last, "")
@@ -210,12 +212,14 @@ class _Pager:
             records=end.size,
             sweeps=sweep + 1,
         )
+        if end.end is None:
+            # The block held still for a whole sweep and ran to the list's end: all was read.
+            self._list_ended = True
+            yield PageOfChanges(cursor=end.last, complete=True)
+            return
         if end.last is not None:
             # The block held still for a whole sweep: every member has been read.
             yield PageOfChanges(cursor=end.last)
-        if end.end is None:
-            self._list_ended = True
-            return
         assert end.end.stamp is not None  # a row ends a block by its stamp
         self._move_anchor(end.end.stamp - TICK)
 

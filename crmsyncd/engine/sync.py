@@ -106,10 +106,18 @@ class SyncEngine:
     async def _read_side(self, entity: EntitySpec, side: Side, counts: PassCounts) -> None:
         connector = self.connectors[side]
         cursor = await self.cursors.get(entity.name, side)
-        # Each pass re-reads the overlap before the newest stamp read, for late commits. The list
-        # filter is strictly after: one tick more keeps the window's first stamp (and, with a zero
-        # overlap, the cursor's own stamp, whose later ids may be unread) inside it.
-        since = None if cursor is None else cursor[0] - self.settings.overlap - PAGER_TICK
+        # A pass re-reads the overlap before the newest stamp read, for late commits, until a
+        # complete read has done so at least the overlap after that stamp was read (what is still
+        # hidden then took longer than the overlap to commit): after a burst of writes the window
+        # may hold many pages, which quiet passes would otherwise read again for ever. The list
+        # filter is strictly after: one tick more keeps the window's first stamp (and the
+        # cursor's own stamp, whose later ids may be unread) inside it.
+        since = None
+        settles = False
+        overlap = self.settings.overlap
+        if cursor is not None:
+            since = cursor.updated_at - (timedelta(0) if cursor.window_settled else overlap) - PAGER_TICK
+            settles = not cursor.window_settled and cursor.age >= overlap.total_seconds()
         pages = read_changes(
             connector, entity.resource(side), since=since, page_size=self._page_size(connector)
         )
@@ -125,6 +133,8 @@ class SyncEngine:
                         Cursor(*page.cursor) if page.cursor else None,
                         id_field=connector.id_field,
                     )
+                    if page.complete and settles and cursor is not None:
+                        await self.cursors.settle_window(entity.name, side, cursor)
                     if self.stopping.is_set():
                         return
         except PagingLoop as exc:
