@@ -172,10 +172,14 @@ class SyncEngine:
 
         async def produce() -> None:
             try:
+                after: int | None = None  # claims go on from the last id claimed (keyset)
                 while not (self.stopping.is_set() or aborted):
-                    batch = await self.pairs.claim(entity.name, run_id, self.settings.claim_batch, only)
+                    batch = await self.pairs.claim(
+                        entity.name, run_id, self.settings.claim_batch, only, after=after
+                    )
                     if not batch:
                         break
+                    after = batch[-1].id  # claim returns its rows sorted by id
                     wanted = wanted_refs(entity, batch)
                     refs = await resolve_refs(self.pairs, entity, wanted) if wanted else {}
                     # Recorded before any remote call: a kill then leaves what was meant.
