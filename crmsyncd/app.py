@@ -18,7 +18,8 @@ from crmsyncd.connectors.http import make_session
 from crmsyncd.connectors.rest import RestConnector, RestSettings
 from crmsyncd.domain.mapping import EntitySpec, MappingSpec, load_mapping
 from crmsyncd.domain.records import Side
-from crmsyncd.engine.sync import EngineSettings, SyncEngine
+from crmsyncd.engine.context import EngineSettings
+from crmsyncd.engine.jobs import SyncEngine
 from crmsyncd.store.db import EmbeddedPostgres, Pool, create_pool
 from crmsyncd.store.errors import Backoff
 from crmsyncd.store.migrate import migrate

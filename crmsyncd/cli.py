@@ -17,10 +17,11 @@ from crmsyncd.app import DatabaseUnavailable, open_app, open_database
 from crmsyncd.config import ConfigError, Settings, load_settings
 from crmsyncd.domain.mapping import MappingError
 from crmsyncd.domain.records import Side
-from crmsyncd.engine.sync import PassReport
+from crmsyncd.engine.passes import PassReport
 from crmsyncd.observability.logging import configure_logging
+from crmsyncd.store.cursors import CursorStore
 from crmsyncd.store.errors import Backoff, ErrorStore
-from crmsyncd.store.pairs import CursorStore, PairStore
+from crmsyncd.store.pairs import PairStore
 from crmsyncd.store.runs import RunStore
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2

@@ -22,7 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from crmsyncd.app import App, open_app
 from crmsyncd.config import Settings
-from crmsyncd.engine.sync import PassReport
+from crmsyncd.engine.passes import PassReport
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import DATABASE_ERRORS, describe_database_error
 

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from crmsyncd.app import open_app
 from crmsyncd.config import Settings
 from crmsyncd.engine.counts import PassCounts
-from crmsyncd.engine.sync import PassReport
+from crmsyncd.engine.passes import PassReport
 from crmsyncd.observability.logging import configure_logging
 from crmsyncd.sandbox import CrmSandbox, EcosireSandbox, demo_dataset, load_dataset, serve
 

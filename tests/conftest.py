@@ -154,3 +154,21 @@ class TickingClock:
     def __call__(self) -> datetime:
         self.now += self.step
         return self.now
+
+
+class InstantClock:
+    """Sleeping advances time at once; the gaps the pacer chose are kept in `slept`."""
+
+    def __init__(self, start: float = 1_800_000_000.3) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds

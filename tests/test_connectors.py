@@ -32,6 +32,7 @@ from crmsyncd.connectors import (
     make_session,
 )
 from crmsyncd.connectors.pacing import Pacer, RateLimitHeaders
+from tests.conftest import InstantClock
 
 KEY = "eco_live_Sup3rSecretKeyValue0123"
 
@@ -564,26 +565,8 @@ def test_reset_forms() -> None:
     assert http_date.retry_after == 7.0
 
 
-class FakeClock:
-    """Sleeping advances time at once: pacing decisions checked without waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
 async def test_pacer_counts_requests_still_in_flight() -> None:
-    clock = FakeClock()
+    clock = InstantClock(1_800_000_000.0)
     pacer = Pacer(None, clock=clock, wait_cap=65.0, jitter=0.0, rng=random.Random(1))
     first = await pacer.acquire()
     await pacer.acquire()  # in flight while the first answer arrives
@@ -597,7 +580,7 @@ async def test_pacer_counts_requests_still_in_flight() -> None:
 
 
 async def test_pacer_caps_a_servers_long_wait() -> None:
-    clock = FakeClock()
+    clock = InstantClock(1_800_000_000.0)
     pacer = Pacer(None, clock=clock, wait_cap=5.0, jitter=0.0, rng=random.Random(1))
     wait = pacer.on_rate_limited({"Retry-After": "3600"}, fallback=1.0)
     assert wait == 5.0

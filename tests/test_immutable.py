@@ -15,7 +15,7 @@ import orjson
 from crmsyncd.app import App
 from crmsyncd.domain.canonical import canonicalize
 from crmsyncd.domain.records import Side
-from crmsyncd.engine.sync import PassReport
+from crmsyncd.engine.passes import PassReport
 from crmsyncd.sandbox import CrmSandbox, EcosireSandbox
 from tests.conftest import TickingClock, run_cli
 from tests.test_sync import contact, crm_contact

@@ -31,26 +31,9 @@ from crmsyncd.connectors.base import Connector
 from crmsyncd.connectors.pacing import Pacer
 from crmsyncd.sandbox import CrmSandbox, EcosireSandbox, SandboxServer
 from crmsyncd.sandbox.ratelimit import FixedWindowLimiter
+from tests.conftest import InstantClock
 
 WORKERS = 8  # concurrent callers sharing one connector, as the engine's workers do
-
-
-class InstantClock:
-    """Sleeping advances time at once; the gaps the pacer chose are kept in `slept`."""
-
-    def __init__(self, start: float = 1_800_000_000.3) -> None:
-        self.now = start
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def connector(

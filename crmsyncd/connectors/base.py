@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 from crmsyncd.domain.records import JSON, Side
 
@@ -107,10 +107,3 @@ class Connector(Protocol):
         """Records whose `field` equals `value`, compared trimmed and case-insensitively."""
 
     async def close(self) -> None: ...
-
-
-def body_id(body: JSON, id_field: str) -> str:
-    value: Any = body.get(id_field)
-    if not isinstance(value, str | int) or isinstance(value, bool) or value == "":
-        raise ValueError(f"record has no usable {id_field!r}")
-    return str(value)

@@ -29,6 +29,14 @@ class BadRecord(ValueError):
         self.reason = reason
 
 
+def record_key(body: JSON, id_field: str) -> str:
+    """A record's id as text: a string or a whole number, never empty, never a boolean."""
+    value = body.get(id_field)
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise BadRecord(id_field, "missing or not an id")
+    return str(value)
+
+
 def parse_timestamp(value: object, field: str = "updatedAt") -> datetime:
     """ISO 8601 with Z or an explicit offset, normalised to aware UTC."""
     if not isinstance(value, str) or not value:

@@ -23,7 +23,7 @@ from crmsyncd.domain.merge import MergeResult, SideView, merge
 from crmsyncd.domain.records import JSON, BadRecord, Side, parse_timestamp
 from crmsyncd.engine.counts import PassCounts
 from crmsyncd.engine.doubts import scan_for_creates
-from crmsyncd.store.errors import Failure
+from crmsyncd.store.errors import ErrorClass, Failure
 from crmsyncd.store.pairs import Link, Pair, Settled
 
 # List requests one record's own lookup by content may spend (the pass-start scan has more).
@@ -144,8 +144,8 @@ class PairWorker:
                 raise AuthFailure(str(exc)) from None
             return self._park(pair, source, _error_class(exc), str(exc), final=_final(exc))
         if isinstance(exc, BadRecord):
-            return self._park(pair, source, "bad_record", f"{self._name(pair, source)}: {exc}")
-        return self._park(pair, source, "unresolved_reference", f"{self._name(pair, source)}: {exc}")
+            return self._park(pair, source, ErrorClass.BAD_RECORD, f"{self._name(pair, source)}: {exc}")
+        return self._park(pair, source, ErrorClass.UNRESOLVED_REFERENCE, f"{self._name(pair, source)}: {exc}")
 
     # -- linked pairs -------------------------------------------------------------------------
 
@@ -178,7 +178,7 @@ class PairWorker:
         self.counts.deleted_seen[gone.value] += 1
         if policy is DeletePolicy.IGNORE or survivor_id is None:
             return Deleted(pair.id, gone)
-        self.counts.parked["deleted"] += 1
+        self.counts.parked[ErrorClass.DELETED] += 1
         return Deleted(
             pair.id,
             gone,
@@ -190,7 +190,7 @@ class PairWorker:
                 payload=pair.pending(survivor) or pair.snapshot(survivor) or {},
                 reason=f"{name} was deleted ({how}); {survivor.value} {survivor_id} is kept and no "
                 "longer synced (delete policy: flag)",
-                error_class="deleted",
+                error_class=ErrorClass.DELETED,
                 final=True,
             ),
         )
@@ -318,7 +318,7 @@ class PairWorker:
                 return self._park(
                     pair,
                     source,
-                    "conflict",
+                    ErrorClass.CONFLICT,
                     f"{self._name(pair, source)}: its match on {target.value} ({target_id}) is "
                     f"already linked to another record (map row {owner})",
                 )
@@ -393,7 +393,9 @@ class PairWorker:
 
     # -- failures -----------------------------------------------------------------------------
 
-    def _park(self, pair: Pair, side: Side, error_class: str, reason: str, *, final: bool = False) -> Parked:
+    def _park(
+        self, pair: Pair, side: Side, error_class: ErrorClass, reason: str, *, final: bool = False
+    ) -> Parked:
         if pair.id_of(side) is None:
             side = side.other
         payload: JSON = pair.pending(side) or pair.snapshot(side) or {}
@@ -444,14 +446,14 @@ def _stamp(body: JSON, field: str) -> Any:
         return None
 
 
-def _error_class(exc: ConnectorError) -> str:
+def _error_class(exc: ConnectorError) -> ErrorClass:
     return {
-        Outcome.PERMANENT: "rejected",
-        Outcome.CONFLICT: "conflict",
-        Outcome.NOT_FOUND: "not_found",
-        Outcome.RETRY: "transient",
-        Outcome.RATE_LIMITED: "rate_limited",
-    }.get(exc.outcome, exc.outcome.value)
+        Outcome.PERMANENT: ErrorClass.REJECTED,
+        Outcome.CONFLICT: ErrorClass.CONFLICT,
+        Outcome.NOT_FOUND: ErrorClass.NOT_FOUND,
+        Outcome.RETRY: ErrorClass.TRANSIENT,
+        Outcome.RATE_LIMITED: ErrorClass.RATE_LIMITED,
+    }.get(exc.outcome, ErrorClass.TRANSIENT)  # refused credentials stop the pass before parking
 
 
 def _final(exc: ConnectorError) -> bool:

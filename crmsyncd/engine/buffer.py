@@ -14,8 +14,8 @@ from crmsyncd.domain.records import Side
 from crmsyncd.engine.apply import Deleted, Parked, Result
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import Pool, execute_atomically
-from crmsyncd.store.errors import ErrorStore, Failure
-from crmsyncd.store.pairs import PairStore, Settled
+from crmsyncd.store.errors import ErrorClass, ErrorStore, Failure
+from crmsyncd.store.pairs import PairState, PairStore, Settled
 
 log = get_logger()
 
@@ -101,7 +101,7 @@ class ResultBuffer:
                 *self.pairs.attach_statements(links),
                 *self.pairs.settle_statements(self.entity, settled),
                 self.errors.park_statement(failures),
-                self.pairs.release_statement([p.pair_id for p in parked], "parked"),
+                self.pairs.release_statement([p.pair_id for p in parked], PairState.PARKED),
             ],
             in_order=overlapping,
         )
@@ -124,6 +124,6 @@ def _as_conflict(entity: str, item: Result, exc: Exception) -> Parked | Deleted:
             payload=item.ecosire_snapshot,
             reason=f"ecosire {entity} {item.ecosire_id} and crm {item.crm_id}: one of them is "
             "already linked to another record",
-            error_class="conflict",
+            error_class=ErrorClass.CONFLICT,
         ),
     )

@@ -45,18 +45,23 @@ class PassCounts:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "seen": dict(self.seen),
+            "seen": _plain(self.seen),
             "echoes": self.echoes,
             "staged": self.staged,
             "linked": self.linked,
-            "created": dict(self.created),
-            "updated": dict(self.updated),
-            "reverted": dict(self.reverted),
+            "created": _plain(self.created),
+            "updated": _plain(self.updated),
+            "reverted": _plain(self.reverted),
             "unchanged": self.unchanged,
-            "conflicts": dict(self.conflicts),
-            "parked": dict(self.parked),
-            "deleted": dict(self.deleted),
-            "deleted_seen": dict(self.deleted_seen),
+            "conflicts": _plain(self.conflicts),
+            "parked": _plain(self.parked),
+            "deleted": _plain(self.deleted),
+            "deleted_seen": _plain(self.deleted_seen),
             "retried_ok": self.retried_ok,
             "writes": self.writes,
         }
+
+
+def _plain(counter: Counter[str]) -> dict[str, int]:
+    # Keys may be StrEnum members (error classes): JSON and the run history want plain text.
+    return {str(key): value for key, value in counter.items()}

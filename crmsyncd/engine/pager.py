@@ -45,7 +45,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 from crmsyncd.connectors.base import Connector, Page
-from crmsyncd.domain.records import JSON, BadRecord, format_timestamp, parse_timestamp
+from crmsyncd.domain.records import JSON, BadRecord, format_timestamp, parse_timestamp, record_key
 from crmsyncd.engine.stage import anonymous_id
 from crmsyncd.observability.logging import get_logger
 
@@ -312,7 +312,7 @@ class _Pager:
         except BadRecord as exc:
             error = exc
         try:
-            key = _record_id(body, self.connector.id_field)
+            key = record_key(body, self.connector.id_field)
         except BadRecord as exc:
             key, error = "", exc
         if error is not None:
@@ -367,10 +367,3 @@ def _when(moment: datetime | None) -> str | None:
 def _digest(body: JSON) -> str:
     # The same stable name staging parks such a record under (it survives unstorable text).
     return anonymous_id(body)
-
-
-def _record_id(body: JSON, id_field: str) -> str:
-    value = body.get(id_field)
-    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-        raise BadRecord(id_field, "missing or not an id")
-    return str(value)

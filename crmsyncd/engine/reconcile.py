@@ -7,26 +7,23 @@ than the delete guard allows stops before flagging or deleting anything, and say
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from crmsyncd.connectors.base import ConnectorError, Outcome
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import Side
 from crmsyncd.engine.apply import DeleteGuard, DeleteGuardTripped, PairWorker
 from crmsyncd.engine.buffer import ResultBuffer
+from crmsyncd.engine.context import EngineContext
 from crmsyncd.engine.counts import PassCounts
 from crmsyncd.engine.pager import PagingLoop, read_changes
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.pairs import Pair
 
-if TYPE_CHECKING:
-    from crmsyncd.engine.sync import SyncEngine
-
 log = get_logger()
 
 
 class Reconciler:
-    def __init__(self, engine: SyncEngine, budget: int, share: float) -> None:
+    def __init__(self, engine: EngineContext, budget: int, share: float) -> None:
         self.engine = engine
         self.budget = budget
         self.share = share
@@ -51,12 +48,12 @@ class Reconciler:
         engine = self.engine
         connector = engine.connectors[side]
         sweep = run_id * 2 + (0 if side is Side.ECOSIRE else 1)
-        began = await engine.pool.fetchval("SELECT now()")
+        began = await engine.pairs.database_time()
         pages = read_changes(
             connector,
             entity.resource(side),
             since=None,
-            page_size=getattr(connector, "page_size", engine.settings.page_size),
+            page_size=engine.page_size(connector),
             max_requests=self.budget,
         )
         try:

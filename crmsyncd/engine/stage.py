@@ -32,9 +32,10 @@ from crmsyncd.domain.canonical import (
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import JSON, BadRecord, Side
 from crmsyncd.engine.counts import PassCounts
+from crmsyncd.store.cursors import CursorStore
 from crmsyncd.store.db import Pool, execute_atomically
-from crmsyncd.store.errors import ErrorStore, Failure
-from crmsyncd.store.pairs import CursorStore, Observation, PairStore
+from crmsyncd.store.errors import ErrorClass, ErrorStore, Failure
+from crmsyncd.store.pairs import Observation, PairState, PairStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +159,7 @@ class Stager:
                 None,
                 _parked_copy(body),
                 f"{side.value} {entity.name} record unreadable: {exc}",
-                "bad_record",
+                ErrorClass.BAD_RECORD,
                 final=True,
             )
             for body, exc in unusable
@@ -183,7 +184,7 @@ class Stager:
                         None,
                         _parked_copy(body),
                         f"{side.value} {entity.name} {record_id}: {exc}",
-                        "bad_record",
+                        ErrorClass.BAD_RECORD,
                         final=True,
                     )
                 )
@@ -199,7 +200,7 @@ class Stager:
             if (
                 values is not None
                 and prior is not None
-                and prior.state == "ok"
+                and prior.state == PairState.OK
                 and not prior.has_pending
                 and prior.snapshot == values
             ):

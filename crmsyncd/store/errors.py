@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import asyncpg
 
 from crmsyncd.domain.records import JSON, Side
 from crmsyncd.store.db import Executor, Pool, Statement, execute
+
+
+class ErrorClass(StrEnum):
+    """Why a record is in the retry queue (its `error_class` column)."""
+
+    BAD_RECORD = "bad_record"  # a field the engine cannot read or the other side cannot hold
+    REJECTED = "rejected"  # the API refused the payload (400/422)
+    CONFLICT = "conflict"  # a unique value is held by a record linked elsewhere
+    NOT_FOUND = "not_found"  # the record is gone on the side written
+    TRANSIENT = "transient"  # 5xx, timeout, reset: retried with backoff
+    RATE_LIMITED = "rate_limited"  # still 429 after the connector's own waiting
+    AMBIGUOUS = "ambiguous"  # a match key held by several records on a side
+    UNRESOLVED_REFERENCE = "unresolved_reference"  # a deal's contact is not linked yet
+    DELETED = "deleted"  # deleted on one side, the survivor flagged (delete policy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +34,7 @@ class Failure:
     map_id: int | None
     payload: JSON
     reason: str
-    error_class: str
+    error_class: ErrorClass
     # Permanent verdicts that no retry can change (a deleted record, flagged): dead at once.
     final: bool = False
 
@@ -151,6 +166,24 @@ class ErrorStore:
                 " WHERE id = ANY($1::bigint[]) AND status <> 'resolved'",
                 list(ids),
             )
+
+    async def resolve_settled(self, ids: Sequence[int]) -> int:
+        """Of these rows, resolve those whose pair is now settled (by a merge just now or a pass
+        meanwhile); returns how many of them are resolved."""
+        done: int = await self.pool.fetchval(
+            """
+            WITH settled AS (
+                UPDATE sync_error e SET status = 'resolved', resolved_at = now(), updated_at = now()
+                FROM record_map m
+                WHERE e.id = ANY($1::bigint[]) AND e.status <> 'resolved' AND e.map_id = m.id
+                  AND m.state = 'ok' AND m.ecosire_pending IS NULL AND m.crm_pending IS NULL
+                RETURNING e.id)
+            SELECT (SELECT count(*) FROM settled)
+                 + (SELECT count(*) FROM sync_error WHERE id = ANY($1::bigint[]) AND status = 'resolved')
+            """,
+            list(ids),
+        )
+        return done
 
     async def replay(self, ids: Sequence[int] | None) -> int:
         """Make dead (or pending) rows due now with a fresh attempt budget."""

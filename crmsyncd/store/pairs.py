@@ -8,12 +8,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import asyncpg
 
 from crmsyncd.domain.records import JSON, Side
 from crmsyncd.store.db import Executor, Pool, Statement, execute
+
+
+class PairState(StrEnum):
+    """A record-map row's `state` column."""
+
+    OK = "ok"  # synced, or waiting to be merged
+    PARKED = "parked"  # in the retry queue; unparked by a retry or a newer observation
+    DELETED = "deleted"  # gone on one side; never written again
 
 
 @dataclass(slots=True)
@@ -402,6 +411,17 @@ class PairStore:
                 )
         return statements
 
+    async def database_time(self) -> datetime:
+        """now() on the database's clock: a sweep's start, compared with rows it writes."""
+        moment: datetime = await self.pool.fetchval("SELECT now()")
+        return moment
+
+    async def by_ids(self, ids: Sequence[int]) -> list[Pair]:
+        rows = await self.pool.fetch(
+            f"SELECT {_PAIR_COLUMNS} FROM record_map WHERE id = ANY($1::bigint[]) ORDER BY id", list(ids)
+        )
+        return [Pair.from_row(r) for r in rows]
+
     async def in_doubt(self, entity: str) -> list[Pair]:
         """Unlinked rows an unfinished claim may have created remotely (a crash, a lost answer)."""
         rows = await self.pool.fetch(
@@ -480,14 +500,14 @@ class PairStore:
         return owner
 
     async def release(
-        self, conn: Executor, pair_ids: Sequence[int], state: str, *, untouched: bool = False
+        self, conn: Executor, pair_ids: Sequence[int], state: PairState, *, untouched: bool = False
     ) -> None:
         """Give back claimed rows that were not settled: parked, or (untouched) never attempted,
         in which case the claim is undone so that it raises no doubt next time."""
         await execute(conn, [self.release_statement(pair_ids, state, untouched=untouched)])
 
     def release_statement(
-        self, pair_ids: Sequence[int], state: str, *, untouched: bool = False
+        self, pair_ids: Sequence[int], state: PairState, *, untouched: bool = False
     ) -> Statement | None:
         """`release` as a statement to run with others; None when there is nothing to release."""
         if not pair_ids:
@@ -575,66 +595,4 @@ class PairStore:
                    count(*) FILTER (WHERE state = 'deleted') AS deleted
             FROM record_map GROUP BY entity ORDER BY entity
             """
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CursorPosition:
-    """Where a side's delta read stands: every record sorting at or before (updated_at,
-    record_id) has been read."""
-
-    updated_at: datetime
-    record_id: str
-    # The overlap window before updated_at was re-read whole by a pass that started at least the
-    # overlap after updated_at was first read: a record still hidden there took longer than the
-    # overlap to commit, so later passes need not read the window again.
-    window_settled: bool
-    age: float  # seconds since this position was saved, on the database's clock
-
-
-class CursorStore:
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-
-    async def get(self, entity: str, side: Side) -> CursorPosition | None:
-        row = await self.pool.fetchrow(
-            "SELECT updated_at, record_id, window_settled,"
-            " extract(epoch FROM now() - saved_at)::float8 AS age"
-            " FROM sync_cursor WHERE entity = $1 AND side = $2",
-            entity,
-            side.value,
-        )
-        if row is None:
-            return None
-        return CursorPosition(row["updated_at"], row["record_id"], row["window_settled"], row["age"])
-
-    async def settle_window(self, entity: str, side: Side, at: CursorPosition) -> None:
-        """A complete read re-read the overlap before `at` long enough after `at` was read: mark
-        it, unless the cursor has moved meanwhile (a newer record opens a new window)."""
-        await self.pool.execute(
-            "UPDATE sync_cursor SET window_settled = true"
-            " WHERE entity = $1 AND side = $2 AND updated_at = $3 AND record_id = $4",
-            entity,
-            side.value,
-            at.updated_at,
-            at.record_id,
-        )
-
-    def save_statement(self, entity: str, side: Side, updated_at: datetime, record_id: str) -> Statement:
-        # GREATEST-style guard: a cursor only moves forward.
-        return Statement(
-            """
-            INSERT INTO sync_cursor (entity, side, updated_at, record_id) VALUES ($1, $2, $3, $4)
-            ON CONFLICT (entity, side) DO UPDATE SET
-                updated_at = EXCLUDED.updated_at, record_id = EXCLUDED.record_id, saved_at = now(),
-                window_settled = false
-            WHERE (sync_cursor.updated_at, sync_cursor.record_id)
-                  < (EXCLUDED.updated_at, EXCLUDED.record_id)
-            """,
-            (entity, side.value, updated_at, record_id),
-        )
-
-    async def all(self) -> list[asyncpg.Record]:
-        return await self.pool.fetch(
-            "SELECT entity, side, updated_at, record_id, saved_at FROM sync_cursor ORDER BY entity, side"
         )
