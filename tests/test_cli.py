@@ -24,6 +24,10 @@ async def test_sync_once_then_status_and_a_clean_errors_list(
     assert len(crm.records("contacts")) == 3
     summary = [json.loads(line) for line in result.stderr.splitlines() if '"sync_pass"' in line]
     assert summary and summary[0]["created"] == {"crm": 3} and summary[0]["status"] == "ok"
+    # Every line a pass writes carries its run and job (bound once, not passed by each caller).
+    during = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert summary[0]["job"] == "sync" and summary[0]["run"] == 1
+    assert all(e.get("run") == 1 for e in during if e.get("event") in ("sync_pass", "doubts_resolved"))
 
     status = await run_cli("status", "--json", env=env)
     doc = orjson.loads(status.stdout)
