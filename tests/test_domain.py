@@ -343,3 +343,23 @@ def test_any_text_round_trips_byte_for_byte(name: str, labels: list[str]) -> Non
     values = canonicalize(CONTACTS, Side.CRM, body, {})
     back = to_remote(CONTACTS, Side.CRM, values, {})
     assert back["fullName"] == name and sorted(set(labels)) == back["labels"]
+
+
+def test_a_lost_create_is_not_taken_for_a_look_alike_a_user_made_meanwhile() -> None:
+    """After a kill, our create of a deal may or may not have landed. A deal a user created since
+    for the same contact, in the same currency and stage (three of five fields), is not our copy;
+    a copy a user edited in one field is."""
+    from crmsyncd.engine.doubts import _mutual_best
+    from crmsyncd.store.pairs import Pair
+
+    def pair(pair_id: int) -> Pair:
+        fields: dict[str, Any] = {**dict.fromkeys(Pair.__slots__), "id": pair_id, "entity": "deals"}
+        return Pair(**{**fields, "attempts": 1})
+
+    sent = {"title": "Deal crm 04014", "amount": 120000, "currency": "usd", "stage": "lead", "contact": "c1"}
+    look_alike = {**sent, "title": "Deal crm 04140", "amount": 99000}
+    assert _mutual_best([(pair(1), sent)], [({"id": "d_9"}, look_alike)]) == []
+    edited_copy = {**sent, "stage": "won"}
+    assert _mutual_best([(pair(1), sent)], [({"id": "d_7"}, edited_copy), ({"id": "d_9"}, look_alike)]) == [
+        (1, {"id": "d_7"})
+    ]

@@ -117,9 +117,11 @@ def _created_since(body: JSON, since: datetime) -> bool:
 def _mutual_best(
     doubts: Sequence[tuple[Pair, Values]], fresh: Sequence[tuple[JSON, Values]]
 ) -> list[tuple[int, JSON]]:
-    """Pairs each doubt with the new record that holds most of what its create sent, when that
-    is most of it (an edit since changed the rest), and only when the choice is unique both ways:
-    two similar deals created in the window stay unmatched rather than being guessed."""
+    """Pairs each doubt with the new record that holds all but one field of what its create sent
+    (a user edited one since), and only when the choice is unique both ways: two similar deals
+    created in the window stay unmatched rather than being guessed. A bare majority is not
+    enough: a deal a user created meanwhile for the same contact, in the same currency and stage,
+    holds three of a deal's five fields, and taking it for our copy overwrote it."""
 
     def likeness(values: Values, seen: Values) -> int:
         return sum(1 for name, value in values.items() if seen.get(name) == value)
@@ -131,7 +133,7 @@ def _mutual_best(
         top, winners = 0, list[int]()
         for f, (_, seen) in enumerate(fresh):
             score = likeness(values, seen)
-            if score * 2 < len(values) + 1 or score < top:
+            if score < max(len(values) - 1, len(values) // 2 + 1) or score < top:
                 continue
             winners = [f] if score > top else [*winners, f]
             top = score
