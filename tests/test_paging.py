@@ -115,7 +115,12 @@ def eco_connector(
     server: SandboxServer, session: aiohttp.ClientSession, page_size: int = 100
 ) -> EcosireConnector:
     settings = EcosireSettings(
-        base_url=server.url, api_key=SecretStr(server.api_key), requests_per_minute=None, page_size=page_size
+        # The hooked sandbox sends no rate-limit headers: without a value the connector would pace
+        # itself at ECOSIRE's documented 60 a minute.
+        base_url=server.url,
+        api_key=SecretStr(server.api_key),
+        requests_per_minute=1_000_000,
+        page_size=page_size,
     )
     return EcosireConnector(settings, session)
 
