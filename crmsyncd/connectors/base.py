@@ -56,7 +56,8 @@ class Page:
     page: int
     total_pages: int
     total: int
-    # The server's own clock (its Date header), used as the pass's signpost so skew cannot hide changes.
+    # The server's front-end clock (its Date header). Never used to place a cursor: a front end and
+    # its database may disagree (engine/pager.py); kept for diagnostics and the connector tests.
     server_time: datetime | None = None
 
 
