@@ -41,18 +41,18 @@ async def merge(
     started: set[int] = set()  # a remote write may have happened: the doubt is kept
     aborted: list[BaseException] = []
 
-    def target(plan: JSON | None) -> Side:
-        if plan:
-            return Side(next(iter(plan)))
-        # Nothing to write (or a record to park): whichever queue is shorter.
-        return min(Side, key=lambda side: queues[side].qsize())
+    def target(plan: JSON) -> Side:
+        return Side(next(iter(plan)))  # the first side the plan writes
 
-    async def produce() -> None:
+    async def produce(side: Side) -> None:
+        # One claimer per target API: a single claimer in id order blocks on whichever queue
+        # is full while the other API's workers starve (an initial sync stages one side's
+        # records before the other's).
         try:
             after: int | None = None  # claims go on from the last id claimed (keyset)
             while not (ctx.stopping.is_set() or aborted):
                 batch = await ctx.pairs.claim(
-                    entity.name, run_id, ctx.settings.claim_batch, only, after=after
+                    entity.name, run_id, ctx.settings.claim_batch, only, after=after, target=side
                 )
                 if not batch:
                     break
@@ -64,9 +64,13 @@ async def merge(
                 await ctx.pairs.set_intents([(p.id, p.with_intent(plan)) for p, plan in plans if plan])
                 for pair, plan in plans:
                     waiting.add(pair.id)
-                    await queues[target(plan)].put((pair, refs))
+                    await queues[target(plan) if plan else side].put((pair, refs))
         except Exception as exc:
             aborted.append(exc)
+
+    async def produce_all() -> None:
+        try:
+            await asyncio.gather(*(produce(side) for side in Side))
         finally:
             for queue in queues.values():
                 for _ in range(workers):
@@ -100,7 +104,7 @@ async def merge(
         ctx.settings.flush_interval,
     ) as buffer:
         consumers = [consume(queue, buffer) for queue in queues.values() for _ in range(workers)]
-        await asyncio.gather(produce(), *consumers)
+        await asyncio.gather(produce_all(), *consumers)
     await ctx.pairs.release(ctx.pool, sorted(waiting), PairState.OK, untouched=True)
     await ctx.pairs.release(ctx.pool, sorted(started), PairState.OK)
     if aborted:

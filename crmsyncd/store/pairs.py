@@ -276,9 +276,12 @@ class PairStore:
         only: Sequence[int] | None = None,
         *,
         after: int | None = None,
+        target: Side | None = None,
     ) -> list[Pair]:
         """Rows with observations to merge, marked as this run's before any remote write, in id
-        order. Given the last id of the previous batch as `after`, the claim walks the index from
+        order. Given a `target`, only the rows whose first write goes to that side's API (a
+        create there, or a change from the other side to carry over); the two targets partition
+        the rows, so one claimer per target keeps both APIs busy. Given the last id of the previous batch as `after`, the claim walks the index from
         there instead of stepping again over the rows this run claimed and has not settled yet.
         Rows before it are this run's already but for two kinds, which then wait for the next
         pass: one skipped because another transaction had it locked, and one settled while a
@@ -301,6 +304,8 @@ class PairStore:
                   AND id > $5
                   AND claim_run IS DISTINCT FROM $2
                   AND ($4::bigint[] IS NULL OR id = ANY($4::bigint[]))
+                  AND ($6::text IS NULL OR ($6::text = 'ecosire') =
+                       (ecosire_id IS NULL OR (crm_id IS NOT NULL AND crm_pending IS NOT NULL)))
                 ORDER BY id LIMIT $3
                 FOR UPDATE SKIP LOCKED)
             RETURNING {_PAIR_COLUMNS}
@@ -310,6 +315,7 @@ class PairStore:
             limit,
             list(only) if only is not None else None,
             after or 0,  # ids start at 1
+            str(target) if target is not None else None,
         )
         return sorted((Pair.from_row(r) for r in rows), key=lambda p: p.id)
 
