@@ -15,6 +15,7 @@ from crmsyncd.engine.apply import Deleted, Parked, Result
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import Pool, execute_atomically
 from crmsyncd.store.errors import ErrorClass, ErrorStore, Failure
+from crmsyncd.store.links import attach_statements
 from crmsyncd.store.pairs import PairState, PairStore, Settled
 
 log = get_logger()
@@ -98,7 +99,7 @@ class ResultBuffer:
             self.pool,
             [
                 self.pairs.mark_deleted_statement([(d.pair_id, d.side) for d in deleted]),
-                *self.pairs.attach_statements(links),
+                *attach_statements(links),
                 *self.pairs.settle_statements(self.entity, settled),
                 self.errors.park_statement(failures),
                 self.pairs.release_statement([p.pair_id for p in parked], PairState.PARKED),

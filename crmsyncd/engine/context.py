@@ -15,8 +15,10 @@ from crmsyncd.engine.stage import Stager
 from crmsyncd.store.cursors import CursorStore
 from crmsyncd.store.db import Pool
 from crmsyncd.store.errors import Backoff, ErrorStore
+from crmsyncd.store.links import LinkStore
 from crmsyncd.store.pairs import PairStore
 from crmsyncd.store.runs import RunStore
+from crmsyncd.store.sweeps import SweepStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,8 @@ class EngineContext:
         self.connectors = connectors
         self.settings = settings
         self.pairs = PairStore(pool)
+        self.links = LinkStore(pool)
+        self.sweeps = SweepStore(pool)
         self.cursors = CursorStore(pool)
         self.errors = ErrorStore(pool, backoff)
         self.runs = RunStore(pool)

@@ -116,7 +116,7 @@ async def link(ctx: EngineContext, entity: EntitySpec, counts: PassCounts) -> No
     one pair instead of two creates; a key held by several records on a side is parked."""
     if entity.match_key is None:
         return
-    groups = await ctx.pairs.link_groups(entity.name)
+    groups = await ctx.links.link_groups(entity.name)
     links: list[tuple[int, int]] = []
     ambiguous: list[Parked] = []
     for key, e_rows, c_rows in groups:
@@ -129,7 +129,7 @@ async def link(ctx: EngineContext, entity: EntitySpec, counts: PassCounts) -> No
             f"ecosire {e_rows}, crm {c_rows}); fix the duplicates, then replay"
         )
         ambiguous.extend(await _park_rows(ctx, entity, e_rows + c_rows, reason))
-    await ctx.pairs.link(links)
+    await ctx.links.link(links)
     counts.linked += len(links)
     if ambiguous:
         counts.parked[ErrorClass.AMBIGUOUS] += len(ambiguous)

@@ -59,10 +59,10 @@ class Reconciler:
         try:
             async for page in pages:
                 if page.records:
-                    await engine.pairs.note_seen(sweep, [rid for rid, _, _ in page.records])
+                    await engine.sweeps.note_seen(sweep, [rid for rid, _, _ in page.records])
                 if engine.stopping.is_set():
                     return None
-            return await engine.pairs.missing(entity.name, side, sweep, began)
+            return await engine.sweeps.missing(entity.name, side, sweep, began)
         except PagingLoop:
             log.warning(
                 "reconcile_incomplete",
@@ -75,7 +75,7 @@ class Reconciler:
             return None
         finally:
             await pages.aclose()
-            await engine.pairs.forget_sweep(sweep)
+            await engine.sweeps.forget_sweep(sweep)
 
     async def _apply(
         self, entity: EntitySpec, side: Side, missing: Sequence[Pair], counts: PassCounts, guard: DeleteGuard

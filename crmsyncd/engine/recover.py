@@ -26,7 +26,7 @@ async def resolve_doubts(ctx: EngineContext, entity: EntitySpec, counts: PassCou
     lost answer, a kill) are looked up on the target in one scan per side, so that such a
     record, when the delta shows it, is known as ours and not taken for a new one to copy
     back. Doubts the scan proves absent are cleared; the rest stay doubts."""
-    doubts = await ctx.pairs.in_doubt(entity.name)
+    doubts = await ctx.links.in_doubt(entity.name)
     if not doubts:
         return
     worker = PairWorker(entity, ctx.connectors, ctx.pairs.owner, ctx.pairs.linked_ids, counts)
@@ -85,8 +85,8 @@ async def resolve_doubts(ctx: EngineContext, entity: EntitySpec, counts: PassCou
                 found.append(Link(pair.id, target, record_id, body, at, base=sent))
             elif not bodies and scan.complete:
                 cleared.append(pair.id)
-    refused = await ctx.pairs.adopt(found)
-    await ctx.pairs.clear_doubt(cleared)
+    refused = await ctx.links.adopt(found)
+    await ctx.links.clear_doubt(cleared)
     counts.linked += len(found) - len(refused)
     for link in refused:
         log.warning(

@@ -1,4 +1,6 @@
-"""The record map: linked pairs, their snapshots, and observations waiting to be merged.
+"""The record map: pairs, their snapshots, and observations waiting to be merged; their claims
+and settling. Linking two records into a pair lives in store/links.py, the reconcile sweep's
+bookkeeping in store/sweeps.py.
 
 Every method works on a batch (a page or a claimed chunk), so the hot path costs a handful of
 round trips per hundred records, never one per record."""
@@ -134,10 +136,10 @@ class Link:
     base: JSON | None = None
 
 
-_PAIR_COLUMNS = ", ".join(Pair.__slots__)
+PAIR_COLUMNS = ", ".join(Pair.__slots__)
 
 
-def _col(side: Side, name: str) -> str:
+def column(side: Side, name: str) -> str:
     # Only ever one of two fixed identifiers: never user input.
     return f"{side.value}_{name}"
 
@@ -148,10 +150,10 @@ class PairStore:
 
     async def known(self, entity: str, side: Side, ids: Sequence[str]) -> dict[str, Known]:
         rows = await self.pool.fetch(
-            f"SELECT {_col(side, 'id')} AS rid, {_col(side, 'snapshot')} AS snap,"
+            f"SELECT {column(side, 'id')} AS rid, {column(side, 'snapshot')} AS snap,"
             f" ecosire_pending IS NOT NULL OR crm_pending IS NOT NULL AS pending, state,"
-            f" {_col(side, 'pending_at')} AS pending_at, {_col(side, 'seen_at')} AS seen_at"
-            f" FROM record_map WHERE entity = $1 AND {_col(side, 'id')} = ANY($2::text[])",
+            f" {column(side, 'pending_at')} AS pending_at, {column(side, 'seen_at')} AS seen_at"
+            f" FROM record_map WHERE entity = $1 AND {column(side, 'id')} = ANY($2::text[])",
             entity,
             list(ids),
         )
@@ -164,9 +166,9 @@ class PairStore:
         if not ids:
             return {}
         rows = await self.pool.fetch(
-            f"SELECT {_col(side, 'id')} AS rid, {_col(side.other, 'id')} AS oid FROM record_map"
-            f" WHERE entity = $1 AND {_col(side, 'id')} = ANY($2::text[])"
-            f" AND {_col(side.other, 'id')} IS NOT NULL",
+            f"SELECT {column(side, 'id')} AS rid, {column(side.other, 'id')} AS oid FROM record_map"
+            f" WHERE entity = $1 AND {column(side, 'id')} = ANY($2::text[])"
+            f" AND {column(side.other, 'id')} IS NOT NULL",
             entity,
             list(ids),
         )
@@ -176,8 +178,8 @@ class PairStore:
         """Record observations; an older one never replaces a newer one; staging unparks."""
         if not batch:
             return None
-        rid, pend, pend_at = _col(side, "id"), _col(side, "pending"), _col(side, "pending_at")
-        seen = _col(side, "seen_at")
+        rid, pend, pend_at = column(side, "id"), column(side, "pending"), column(side, "pending_at")
+        seen = column(side, "seen_at")
         return Statement(
             f"""
             INSERT INTO record_map (entity, {rid}, match_key, {pend}, {pend_at})
@@ -205,69 +207,6 @@ class PairStore:
             ),
         )
 
-    async def link_groups(self, entity: str) -> list[tuple[str, list[int], list[int]]]:
-        """Match keys held by unlinked records: (key, ECOSIRE-only rows, CRM-only rows).
-
-        Only keys with an unlinked record on both sides, or more than one on a side, and with
-        at least one row waiting to be merged (so that a quiet pass costs nothing here)."""
-        rows = await self.pool.fetch(
-            """
-            SELECT match_key,
-                   coalesce(array_agg(id ORDER BY id) FILTER (WHERE crm_id IS NULL), '{}') AS e_rows,
-                   coalesce(array_agg(id ORDER BY id) FILTER (WHERE ecosire_id IS NULL), '{}') AS c_rows
-            FROM record_map
-            WHERE entity = $1 AND match_key IS NOT NULL AND state = 'ok'
-              AND (ecosire_id IS NULL OR crm_id IS NULL)
-            GROUP BY match_key
-            HAVING bool_or(ecosire_pending IS NOT NULL OR crm_pending IS NOT NULL)
-               AND (count(*) FILTER (WHERE crm_id IS NULL) > 1
-                    OR count(*) FILTER (WHERE ecosire_id IS NULL) > 1
-                    OR (count(*) FILTER (WHERE crm_id IS NULL) = 1
-                        AND count(*) FILTER (WHERE ecosire_id IS NULL) = 1))
-            """,
-            entity,
-        )
-        return [(r["match_key"], list(r["e_rows"]), list(r["c_rows"])) for r in rows]
-
-    async def link(self, pairs: Sequence[tuple[int, int]]) -> None:
-        """Fold each CRM-only row into its ECOSIRE-only partner: one pair, no base yet."""
-        if not pairs:
-            return
-        async with self.pool.acquire() as conn, conn.transaction():
-            # Open errors of the folded row follow it, so that settling the pair resolves them.
-            await conn.execute(
-                "UPDATE sync_error e SET map_id = p.e_row"
-                " FROM unnest($1::bigint[], $2::bigint[]) AS p(e_row, c_row) WHERE e.map_id = p.c_row",
-                [e for e, _ in pairs],
-                [c for _, c in pairs],
-            )
-            moved = await conn.fetch(
-                """
-                DELETE FROM record_map m USING unnest($1::bigint[], $2::bigint[]) AS p(e_row, c_row)
-                WHERE m.id = p.c_row
-                RETURNING p.e_row, m.crm_id, m.crm_snapshot, m.crm_seen_at, m.crm_pending,
-                          m.crm_pending_at
-                """,
-                [e for e, _ in pairs],
-                [c for _, c in pairs],
-            )
-            await conn.execute(
-                """
-                UPDATE record_map m SET crm_id = u.crm_id, crm_snapshot = u.snap,
-                    crm_seen_at = u.seen, updated_at = now(),
-                    crm_pending = u.pend, crm_pending_at = u.pend_at
-                FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::jsonb[],
-                            $6::timestamptz[]) AS u(e_row, crm_id, snap, seen, pend, pend_at)
-                WHERE m.id = u.e_row
-                """,
-                [r["e_row"] for r in moved],
-                [r["crm_id"] for r in moved],
-                [r["crm_snapshot"] for r in moved],
-                [r["crm_seen_at"] for r in moved],
-                [r["crm_pending"] for r in moved],
-                [r["crm_pending_at"] for r in moved],
-            )
-
     async def claim(
         self,
         entity: str,
@@ -281,8 +220,9 @@ class PairStore:
         """Rows with observations to merge, marked as this run's before any remote write, in id
         order. Given a `target`, only the rows whose first write goes to that side's API (a
         create there, or a change from the other side to carry over); the two targets partition
-        the rows, so one claimer per target keeps both APIs busy. Given the last id of the previous batch as `after`, the claim walks the index from
-        there instead of stepping again over the rows this run claimed and has not settled yet.
+        the rows, so one claimer per target keeps both APIs busy.
+        Given the last id of the previous batch as `after`, the claim walks the index from there
+        instead of stepping again over the rows this run claimed and has not settled yet.
         Rows before it are this run's already but for two kinds, which then wait for the next
         pass: one skipped because another transaction had it locked, and one settled while a
         newer observation was staged (a pass stages before it claims, so only another process
@@ -308,7 +248,7 @@ class PairStore:
                        (ecosire_id IS NULL OR (crm_id IS NOT NULL AND crm_pending IS NOT NULL)))
                 ORDER BY id LIMIT $3
                 FOR UPDATE SKIP LOCKED)
-            RETURNING {_PAIR_COLUMNS}
+            RETURNING {PAIR_COLUMNS}
             """,
             entity,
             run_id,
@@ -387,36 +327,6 @@ class PairStore:
         )
         return [pairs, errors]
 
-    async def attach(self, conn: Executor, links: Sequence[Link]) -> None:
-        """Record counterparts created by a merge that failed afterwards: the pair is linked, and
-        the created record is its observation on that side, so the retry has both sides' values."""
-        await execute(conn, self.attach_statements(links))
-
-    def attach_statements(self, links: Sequence[Link]) -> list[Statement]:
-        """`attach` as statements to run with others: one per side that has links."""
-        statements = []
-        for side in Side:
-            mine = [link for link in links if link.side is side]
-            if mine:
-                statements.append(
-                    Statement(
-                        f"UPDATE record_map m SET {_col(side, 'id')} = u.rid,"
-                        f" {_col(side, 'pending')} = u.body, {_col(side, 'pending_at')} = u.at,"
-                        " ecosire_snapshot = coalesce(m.ecosire_snapshot, u.base),"
-                        " crm_snapshot = coalesce(m.crm_snapshot, u.base)"
-                        " FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::jsonb[])"
-                        " AS u(id, rid, body, at, base) WHERE m.id = u.id",
-                        (
-                            [link.pair_id for link in mine],
-                            [link.record_id for link in mine],
-                            [link.body for link in mine],
-                            [link.updated_at for link in mine],
-                            [link.base for link in mine],
-                        ),
-                    )
-                )
-        return statements
-
     async def database_time(self) -> datetime:
         """now() on the database's clock: a sweep's start, compared with rows it writes."""
         moment: datetime = await self.pool.fetchval("SELECT now()")
@@ -424,17 +334,7 @@ class PairStore:
 
     async def by_ids(self, ids: Sequence[int]) -> list[Pair]:
         rows = await self.pool.fetch(
-            f"SELECT {_PAIR_COLUMNS} FROM record_map WHERE id = ANY($1::bigint[]) ORDER BY id", list(ids)
-        )
-        return [Pair.from_row(r) for r in rows]
-
-    async def in_doubt(self, entity: str) -> list[Pair]:
-        """Unlinked rows an unfinished claim may have created remotely (a crash, a lost answer)."""
-        rows = await self.pool.fetch(
-            f"SELECT {_PAIR_COLUMNS} FROM record_map WHERE entity = $1 AND attempts > 0"
-            " AND claimed_at IS NOT NULL AND state <> 'deleted' AND (ecosire_id IS NULL OR crm_id IS NULL)"
-            " ORDER BY id",
-            entity,
+            f"SELECT {PAIR_COLUMNS} FROM record_map WHERE id = ANY($1::bigint[]) ORDER BY id", list(ids)
         )
         return [Pair.from_row(r) for r in rows]
 
@@ -451,55 +351,16 @@ class PairStore:
     async def linked_ids(self, entity: str, side: Side, ids: Sequence[str]) -> set[str]:
         """Which of these `side` ids belong to a pair linked on both sides."""
         rows = await self.pool.fetch(
-            f"SELECT {_col(side, 'id')} AS rid FROM record_map WHERE entity = $1"
-            f" AND {_col(side, 'id')} = ANY($2::text[]) AND {_col(side.other, 'id')} IS NOT NULL",
+            f"SELECT {column(side, 'id')} AS rid FROM record_map WHERE entity = $1"
+            f" AND {column(side, 'id')} = ANY($2::text[]) AND {column(side.other, 'id')} IS NOT NULL",
             entity,
             list(ids),
         )
         return {r["rid"] for r in rows}
 
-    async def clear_doubt(self, pair_ids: Sequence[int]) -> None:
-        """Doubts a complete scan of the target proved groundless: their next create is safe."""
-        if pair_ids:
-            await self.pool.execute(
-                "UPDATE record_map SET attempts = 0, claimed_at = NULL, intent = NULL"
-                " WHERE id = ANY($1::bigint[])"
-                " AND (ecosire_id IS NULL OR crm_id IS NULL)",
-                list(pair_ids),
-            )
-
-    async def adopt(self, links: Sequence[Link]) -> list[Link]:
-        """Attach found counterparts. A row that holds such a record unlinked (its own delta
-        showed it before we knew it was ours) is folded in; one linked elsewhere is left alone
-        and its link is returned as refused."""
-        refused: list[Link] = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            for link in links:
-                rid, other = _col(link.side, "id"), _col(link.side.other, "id")
-                holder = await conn.fetchrow(
-                    f"SELECT id, {other} AS other FROM record_map WHERE entity ="
-                    f" (SELECT entity FROM record_map WHERE id = $1) AND {rid} = $2",
-                    link.pair_id,
-                    link.record_id,
-                )
-                if holder is not None and holder["id"] != link.pair_id:
-                    if holder["other"] is not None:
-                        refused.append(link)
-                        continue
-                    await conn.execute(
-                        "UPDATE sync_error SET map_id = $1 WHERE map_id = $2", link.pair_id, holder["id"]
-                    )
-                    await conn.execute("DELETE FROM record_map WHERE id = $1", holder["id"])
-                await self.attach(conn, [link])
-                # Linked now, the pair can be merged in this pass, which resolves its error row.
-                await conn.execute(
-                    "UPDATE record_map SET state = 'ok' WHERE id = $1 AND state = 'parked'", link.pair_id
-                )
-        return refused
-
     async def owner(self, entity: str, side: Side, record_id: str) -> int | None:
         owner: int | None = await self.pool.fetchval(
-            f"SELECT id FROM record_map WHERE entity = $1 AND {_col(side, 'id')} = $2",
+            f"SELECT id FROM record_map WHERE entity = $1 AND {column(side, 'id')} = $2",
             entity,
             record_id,
         )
@@ -546,40 +407,6 @@ class PairStore:
             entity,
         )
         return count
-
-    async def note_seen(self, sweep: int, ids: Sequence[str]) -> None:
-        await self.pool.execute(
-            "INSERT INTO reconcile_seen (sweep, record_id) SELECT $1, unnest($2::text[])"
-            " ON CONFLICT DO NOTHING",
-            sweep,
-            list(ids),
-        )
-
-    async def missing(self, entity: str, side: Side, sweep: int, before: datetime) -> tuple[list[Pair], int]:
-        """Linked pairs settled before the sweep began whose `side` id the full listing did not
-        show, and how many such pairs there are in all (the circuit breaker's base)."""
-        rid = _col(side, "id")
-        rows = await self.pool.fetch(
-            f"""
-            SELECT {_PAIR_COLUMNS} FROM record_map m
-            WHERE entity = $1 AND state <> 'deleted' AND {rid} IS NOT NULL AND synced_at < $3
-              AND NOT EXISTS (SELECT 1 FROM reconcile_seen s WHERE s.sweep = $2 AND s.record_id = m.{rid})
-            ORDER BY id
-            """,
-            entity,
-            sweep,
-            before,
-        )
-        total: int = await self.pool.fetchval(
-            f"SELECT count(*) FROM record_map WHERE entity = $1 AND state <> 'deleted'"
-            f" AND {rid} IS NOT NULL AND synced_at < $2",
-            entity,
-            before,
-        )
-        return [Pair.from_row(r) for r in rows], total
-
-    async def forget_sweep(self, sweep: int) -> None:
-        await self.pool.execute("DELETE FROM reconcile_seen WHERE sweep = $1", sweep)
 
     async def unpark(self, pair_ids: Sequence[int]) -> None:
         await self.pool.execute(
