@@ -157,6 +157,19 @@ def _remote_writes(run: dict[str, Any]) -> int:
     )
 
 
+def _window(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pass that re-read the initial sync's last overlap window once (absent in older results)."""
+    if run is None:
+        return None
+    return {
+        "requests": run["requests"],
+        "writes": _remote_writes(run),
+        "lists": {side: _lists(run, side) for side in ("ecosire", "crm")},
+        "seen": {side: int(run["counts"].get("seen", {}).get(side, 0)) for side in ("ecosire", "crm")},
+        "seconds": run["pass_seconds"],
+    }
+
+
 def quiet_summary(quiet: dict[str, Any]) -> dict[str, Any]:
     passes = quiet["quiet"]
     changed = quiet["changed"]
@@ -191,6 +204,7 @@ def quiet_summary(quiet: dict[str, Any]) -> dict[str, Any]:
         "changed_rt": changed["db"]["round_trips"],
         "changed_rows": changed["db"]["rows_written"],
         "after": [{"requests": r["requests"], "writes": _remote_writes(r)} for r in quiet["after_changed"]],
+        "window": _window(quiet.get("window_pass")),
         "seen_each": {
             side: [int(r["counts"].get("seen", {}).get(side, 0)) for r in passes]
             for side in ("ecosire", "crm")
@@ -454,6 +468,19 @@ def render_markdown(results: dict[str, Any]) -> str:
                 + ".",
                 "",
             ]
+            if q["window"]:
+                w = q["window"]
+                out += [
+                    "The next pass, the first to start more than the overlap (CRMSYNCD_OVERLAP, 2 s) "
+                    "after that burst of writes, re-read the burst's last two seconds of stamps once, "
+                    "since a late commit could still have landed there, and settled that window: "
+                    f"{w['requests']} requests (lists: ECOSIRE {w['lists']['ecosire']}, CRM "
+                    f"{w['lists']['crm']}), {w['writes']} writes, records read ECOSIRE "
+                    f"{w['seen']['ecosire']:,}, CRM {w['seen']['crm']:,}, {w['seconds']:.2f} s. "
+                    "The passes are run the overlap apart, as the daemon's interval (300 s by "
+                    "default) keeps them.",
+                    "",
+                ]
             out += [
                 "Records each quiet pass read (and dropped as already known): "
                 f"ECOSIRE {q['seen_each']['ecosire']}, CRM {q['seen_each']['crm']}.",
