@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +12,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from crmsyncd.config import Settings
-from crmsyncd.connectors.base import Connector
+from crmsyncd.connectors.base import Connector, SystemIdentity
 from crmsyncd.connectors.ecosire import EcosireConnector, EcosireSettings
 from crmsyncd.connectors.http import make_session
 from crmsyncd.connectors.rest import RestConnector, RestSettings
@@ -20,9 +20,13 @@ from crmsyncd.domain.mapping import EntitySpec, MappingSpec, load_mapping
 from crmsyncd.domain.records import Side
 from crmsyncd.engine.context import EngineSettings
 from crmsyncd.engine.jobs import SyncEngine
+from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import EmbeddedPostgres, Pool, create_pool
 from crmsyncd.store.errors import Backoff
+from crmsyncd.store.identity import IdentityStore
 from crmsyncd.store.migrate import migrate
+
+log = get_logger()
 
 
 class DatabaseUnavailable(Exception):
@@ -97,6 +101,39 @@ def build_connectors(settings: Settings, session: aiohttp.ClientSession) -> dict
     return {Side.ECOSIRE: ecosire, Side.CRM: crm}
 
 
+async def configured_systems(connectors: Mapping[Side, Connector]) -> dict[Side, SystemIdentity]:
+    return {side: await connector.identify() for side, connector in connectors.items()}
+
+
+async def bind_systems(pool: Pool, connectors: Mapping[Side, Connector]) -> None:
+    """The state belongs to one pair of systems: recorded at the first start that syncs, and
+    any later start configured for others raises SystemsChanged before a record is read."""
+    configured = await configured_systems(connectors)
+    binding = await IdentityStore(pool).bind(configured)
+    for side in binding.recorded:
+        log.info("systems_recorded", side=side.value, system=configured[side].describe())
+    for m in binding.replaced:
+        log.warning(
+            "systems_rerecorded",
+            side=m.side.value,
+            was=m.recorded.describe(),
+            now=m.configured.describe(),
+            detail="nothing from the recorded system was stored yet",
+        )
+
+
+async def rebind_systems(settings: Settings) -> dict[Side, tuple[SystemIdentity | None, SystemIdentity]]:
+    """`crmsyncd state rebind`: record the configured systems; per side, (replaced, recorded)."""
+    async with open_database(settings) as pool:
+        session = make_session(settings.http_timeout)
+        try:
+            configured = await configured_systems(build_connectors(settings, session))
+        finally:
+            await session.close()
+        previous = await IdentityStore(pool).rebind(configured)
+    return {side: (previous[side], identity) for side, identity in configured.items()}
+
+
 @dataclass(slots=True)
 class App:
     settings: Settings
@@ -129,6 +166,7 @@ async def open_app(
         session = make_session(settings.http_timeout)
         try:
             connectors = build_connectors(settings, session)
+            await bind_systems(pool, connectors)
             engine = SyncEngine(
                 pool,
                 connectors,

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from crmsyncd.app import DatabaseUnavailable, open_app, open_database
+from crmsyncd.app import DatabaseUnavailable, open_app, open_database, rebind_systems
 from crmsyncd.config import ConfigError, Settings, load_settings
 from crmsyncd.domain.mapping import MappingError
 from crmsyncd.domain.records import Side
@@ -21,6 +21,7 @@ from crmsyncd.engine.passes import PassReport
 from crmsyncd.observability.logging import configure_logging
 from crmsyncd.store.cursors import CursorStore
 from crmsyncd.store.errors import Backoff, ErrorStore
+from crmsyncd.store.identity import IdentityStore, SystemsChanged
 from crmsyncd.store.pairs import PairStore
 from crmsyncd.store.runs import RunStore
 
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("id", nargs="?", type=int, help="the row's id (see errors list)")
     target.add_argument("--all", action="store_true", help="every open row, dead ones included")
     sub.add_parser("migrate", help="apply the database migrations, then exit")
+    state = sub.add_parser("state", help="the systems the state belongs to")
+    state_sub = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    state_sub.add_parser(
+        "rebind",
+        help="record the configured ECOSIRE and CRM as the state's systems (after a move of the "
+        "same systems to a new URL; other systems need a fresh database)",
+    )
     demo = sub.add_parser(
         "demo", help="embedded PostgreSQL and both sandbox APIs in process, seeded; sync and report"
     )
@@ -99,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]] = COMMANDS[args.command]
     try:
         return asyncio.run(command(args, settings))
-    except (ConfigError, MappingError) as exc:
+    except (ConfigError, MappingError, SystemsChanged) as exc:
         print(f"crmsyncd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except DatabaseUnavailable as exc:
@@ -175,7 +183,19 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         pairs = await PairStore(pool).counts()
         queue = await ErrorStore(pool, Backoff()).counts()
         last = await RunStore(pool).last("sync")
+        systems = await IdentityStore(pool).recorded()
     doc: dict[str, Any] = {
+        "systems": {
+            side.value: None
+            if side not in systems
+            else {
+                "kind": systems[side].identity.kind,
+                "base_url": systems[side].identity.base_url,
+                "account": systems[side].identity.account,
+                "recorded_at": systems[side].recorded_at.isoformat(),
+            }
+            for side in Side
+        },
         "cursors": _cursor_rows(settings.entities, cursors),
         "pairs": [dict(p) for p in pairs],
         "errors": queue,
@@ -194,6 +214,15 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK
+    print("systems:")
+    for side in Side:
+        recorded = systems.get(side)
+        where = (
+            f"{recorded.identity.describe()}  (since {recorded.recorded_at.isoformat()})"
+            if recorded
+            else "none recorded yet (the first start that syncs records it)"
+        )
+        print(f"  {side.value:<8} {where}")
     print("mapped records:")
     for p in doc["pairs"]:
         print(
@@ -272,6 +301,21 @@ async def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
     return _report_exit(report)
 
 
+async def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
+    # The only action today: rebind.
+    rebound = await rebind_systems(settings)
+    print("the state now belongs to the configured systems:")
+    for side, (replaced, recorded) in rebound.items():
+        if replaced is None:
+            change = "(none was recorded before)"
+        elif replaced == recorded:
+            change = "(unchanged)"
+        else:
+            change = f"replacing {replaced.describe()}"
+        print(f"  {side.value:<8} {recorded.describe()}  {change}")
+    return EXIT_OK
+
+
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from crmsyncd.demo import run_demo
 
@@ -293,6 +337,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any,
     "status": cmd_status,
     "errors": cmd_errors,
     "migrate": cmd_migrate,
+    "state": cmd_state,
     "demo": cmd_demo,
     "sandbox": cmd_sandbox,
 }

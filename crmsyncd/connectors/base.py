@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from crmsyncd.domain.records import JSON, Side
 
@@ -80,6 +81,38 @@ class RequestStats:
         return self.lists + self.reads + self.creates + self.updates + self.deletes + self.lookups
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalised_base_url(url: str) -> str:
+    """A base URL as the system's address: scheme and host lower-cased, the port only when it is
+    not the scheme's default, the path without a trailing slash. Credentials, query and fragment
+    are dropped: they do not name the system, and a credential must never be stored."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()  # hostname leaves out user:password@
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    port = parts.port
+    netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class SystemIdentity:
+    """Which system a connector talks to: the state in the database belongs to one per side."""
+
+    kind: str  # the connector's kind: "ecosire", "rest"; later "hubspot", "salesforce", ...
+    base_url: str  # normalised_base_url of the configured URL
+    # The account or organisation the credentials open, where the API names one (HubSpot's
+    # portal id, a Salesforce org id); None where it does not (ECOSIRE, the REST CRM).
+    account: str | None = None
+
+    def describe(self) -> str:
+        account = f" account {self.account}" if self.account is not None else ""
+        return f"{self.kind} {self.base_url}{account}"
+
+
 class Connector(Protocol):
     """One remote system. Resources are the API's collection names (contacts, deals)."""
 
@@ -87,6 +120,11 @@ class Connector(Protocol):
     id_field: str
     updated_field: str
     stats: RequestStats
+
+    async def identify(self) -> SystemIdentity:
+        """The system this connector is configured for. A method, not a field: an API that names
+        its account only when asked (HubSpot's portal id, from GET /account-info/v3/details) makes
+        that one request here; the others answer from their settings, without a request."""
 
     async def list_page(
         self, resource: str, *, updated_after: datetime | None, page: int, limit: int

@@ -10,6 +10,7 @@ from datetime import datetime
 import aiohttp
 from pydantic import SecretStr
 
+from crmsyncd.connectors.base import SystemIdentity, normalised_base_url
 from crmsyncd.connectors.collection import CollectionConnector
 from crmsyncd.connectors.http import ApiClient, RetryPolicy
 from crmsyncd.connectors.pacing import Clock
@@ -85,6 +86,10 @@ class EcosireConnector(CollectionConnector):
             max_limit=MAX_LIMIT,
         )
         self.settings = settings
+
+    async def identify(self) -> SystemIdentity:
+        """ECOSIRE names no account in its API: the base URL is the identity."""
+        return SystemIdentity("ecosire", normalised_base_url(self.settings.base_url))
 
     def collection_path(self, resource: str) -> str:
         if not _RESOURCE.fullmatch(resource):

@@ -12,6 +12,7 @@ from types import MappingProxyType
 import aiohttp
 from pydantic import SecretStr
 
+from crmsyncd.connectors.base import SystemIdentity, normalised_base_url
 from crmsyncd.connectors.collection import CollectionConnector
 from crmsyncd.connectors.http import ApiClient, RetryPolicy
 from crmsyncd.connectors.pacing import Clock
@@ -98,6 +99,10 @@ class RestConnector(CollectionConnector):
             max_limit=None,
         )
         self.settings = settings
+
+    async def identify(self) -> SystemIdentity:
+        """The REST CRM names no account in its API: the base URL is the identity."""
+        return SystemIdentity("rest", normalised_base_url(self.settings.base_url))
 
     def collection_path(self, resource: str) -> str:
         try:
