@@ -152,7 +152,9 @@ class App:
 
 def load_app_mapping(settings: Settings) -> MappingSpec:
     mapping = load_mapping(settings.mapping)
-    mapping.select(settings.entities)  # an unknown entity in CRMSYNCD_ENTITIES fails now
+    selected = mapping.select(settings.entities)  # an unknown entity in CRMSYNCD_ENTITIES fails now
+    # And a CRM_RESOURCE_PATHS key naming no mapped resource, before any request.
+    settings.check_crm_paths({e.crm: e.name for e in mapping.entities}, [e.crm for e in selected])
     return mapping
 
 

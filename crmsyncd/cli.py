@@ -1,12 +1,14 @@
 """Command line: the daemon, one-off passes, the state and the retry queue, the demo, the sandbox.
 
 Exit codes: 0 done; 1 a fatal error (credentials refused, no database); 2 bad configuration or
-usage."""
+usage; 141 the reader of the output closed it early (`| head`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -23,9 +25,12 @@ from crmsyncd.store.cursors import CursorStore
 from crmsyncd.store.errors import Backoff, ErrorStore
 from crmsyncd.store.identity import IdentityStore, SystemsChanged
 from crmsyncd.store.pairs import PairStore
-from crmsyncd.store.runs import RunStore
+from crmsyncd.store.runs import RunStore, prune_history
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
+# What a shell reports for a command whose reader went away (128 + SIGPIPE, as `yes | head`), so
+# that a script tells a truncated listing from a fatal error; Python's own default would be 1.
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep contacts and deals in step between ECOSIRE and a CRM, both ways. "
         "Configured by environment variables (see the README); state in PostgreSQL.",
         epilog="Exit codes: 0 done, 1 fatal error (credentials refused, no database), "
-        "2 bad configuration or usage.",
+        "2 bad configuration or usage, 141 the output's reader closed it early.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="the daemon: migrate, sync every CRMSYNCD_SYNC_INTERVAL, retry parked records")
@@ -65,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("id", nargs="?", type=int, help="the row's id (see errors list)")
     target.add_argument("--all", action="store_true", help="every open row, dead ones included")
     sub.add_parser("migrate", help="apply the database migrations, then exit")
+    prune = sub.add_parser(
+        "prune", help="delete passes and resolved error rows older than CRMSYNCD_HISTORY_DAYS, then exit"
+    )
+    prune.add_argument("--json", action="store_true", help="machine-readable output")
     state = sub.add_parser("state", help="the systems the state belongs to")
     state_sub = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
     state_sub.add_parser(
@@ -92,6 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """A reader that closes the pipe early (`crmsyncd errors list | head`) ends the output
+    quietly, for every command: no traceback, exit code 141."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # here, inside the guard, rather than at the interpreter's exit
+    except BrokenPipeError:
+        # Whatever is still buffered goes nowhere, so the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
@@ -154,6 +178,20 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     async with open_database(settings, apply_migrations=False) as pool:
         applied = await migrate(pool)
     print(f"migrations applied: {applied or 'none, the schema is current'}")
+    return EXIT_OK
+
+
+async def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_database(settings) as pool:
+        pruned = await prune_history(pool, settings.history_days)
+    if args.json:
+        print(orjson.dumps({"days": pruned.days, "runs": pruned.runs, "errors": pruned.errors}).decode())
+    else:
+        print(
+            f"removed {pruned.runs} pass(es) and {pruned.errors} resolved error row(s) older than "
+            f"{pruned.days} days (CRMSYNCD_HISTORY_DAYS); open error rows and the last pass of "
+            "each kind are kept"
+        )
     return EXIT_OK
 
 
@@ -337,6 +375,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any,
     "status": cmd_status,
     "errors": cmd_errors,
     "migrate": cmd_migrate,
+    "prune": cmd_prune,
     "state": cmd_state,
     "demo": cmd_demo,
     "sandbox": cmd_sandbox,

@@ -5,6 +5,7 @@ and their values never appear in a message."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -12,6 +13,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RESERVED_CRMS = ("hubspot", "salesforce", "pipedrive")
+# The longest interval or timeout accepted (ten years): a larger one overflows the scheduler's
+# dates or a timedelta after start-up instead of being refused at it.
+MAX_SECONDS = 10 * 365 * 86400.0
 
 
 class ConfigError(Exception):
@@ -23,7 +27,10 @@ class ConfigError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False, frozen=True)
+    # No inf or nan: `inf` seconds passes gt=0 and then overflows a timedelta mid-run.
+    model_config = SettingsConfigDict(
+        extra="ignore", populate_by_name=False, frozen=True, allow_inf_nan=False
+    )
 
     database_url: SecretStr | None = Field(None, validation_alias="CRMSYNCD_DATABASE_URL")
     data_dir: Path = Field(Path.home() / ".crmsyncd", validation_alias="CRMSYNCD_DATA_DIR")
@@ -50,19 +57,29 @@ class Settings(BaseSettings):
     crm_page_size: Annotated[int, Field(gt=0, le=1000)] = Field(100, validation_alias="CRM_PAGE_SIZE")
     mapping: Path | None = Field(None, validation_alias="CRMSYNCD_MAPPING")
     entities_text: str = Field("contacts,deals", validation_alias="CRMSYNCD_ENTITIES")
-    sync_interval: Annotated[float, Field(gt=0)] = Field(300.0, validation_alias="CRMSYNCD_SYNC_INTERVAL")
-    retry_interval: Annotated[float, Field(gt=0)] = Field(1800.0, validation_alias="CRMSYNCD_RETRY_INTERVAL")
-    retry_backoff: Annotated[float, Field(gt=0)] = Field(60.0, validation_alias="CRMSYNCD_RETRY_BACKOFF")
-    reconcile_interval: Annotated[float, Field(ge=0)] = Field(
+    sync_interval: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = Field(
+        300.0, validation_alias="CRMSYNCD_SYNC_INTERVAL"
+    )
+    retry_interval: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = Field(
+        1800.0, validation_alias="CRMSYNCD_RETRY_INTERVAL"
+    )
+    retry_backoff: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = Field(
+        60.0, validation_alias="CRMSYNCD_RETRY_BACKOFF"
+    )
+    reconcile_interval: Annotated[float, Field(ge=0, le=MAX_SECONDS)] = Field(
         86400.0, validation_alias="CRMSYNCD_RECONCILE_INTERVAL"
     )
     reconcile_budget: Annotated[int, Field(ge=1)] = Field(1000, validation_alias="CRMSYNCD_RECONCILE_BUDGET")
     delete_guard: Annotated[float, Field(gt=0, le=1)] = Field(0.1, validation_alias="CRMSYNCD_DELETE_GUARD")
     max_attempts: Annotated[int, Field(ge=1)] = Field(5, validation_alias="CRMSYNCD_MAX_ATTEMPTS")
+    # Days of pass history and resolved error rows kept (`crmsyncd prune`, the daemon daily).
+    history_days: Annotated[int, Field(gt=0, le=36500)] = Field(30, validation_alias="CRMSYNCD_HISTORY_DAYS")
     workers: Annotated[int, Field(ge=1, le=256)] = Field(32, validation_alias="CRMSYNCD_WORKERS")
     queue_size: Annotated[int, Field(ge=1)] = Field(200, validation_alias="CRMSYNCD_QUEUE_SIZE")
-    overlap: Annotated[float, Field(ge=0)] = Field(2.0, validation_alias="CRMSYNCD_OVERLAP")
-    http_timeout: Annotated[float, Field(gt=0)] = Field(30.0, validation_alias="CRMSYNCD_HTTP_TIMEOUT")
+    overlap: Annotated[float, Field(ge=0, le=MAX_SECONDS)] = Field(2.0, validation_alias="CRMSYNCD_OVERLAP")
+    http_timeout: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = Field(
+        30.0, validation_alias="CRMSYNCD_HTTP_TIMEOUT"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias="CRMSYNCD_LOG_LEVEL"
     )
@@ -89,7 +106,31 @@ class Settings(BaseSettings):
 
     @property
     def crm_paths(self) -> dict[str, str]:
-        return dict(item.split("=", 1) for item in self.crm_resource_paths.split(",") if item)
+        """CRM_RESOURCE_PATHS as {CRM resource: path}, trimmed (load_settings checked its form)."""
+        return dict(_path_items(self.crm_resource_paths))
+
+    def check_crm_paths(self, resources: Mapping[str, str], needed: Collection[str]) -> None:
+        """CRM_RESOURCE_PATHS against the mapping, at start: a key naming no CRM resource of the
+        mapping (a typo) would otherwise leave its entity without a path, found mid-pass.
+        `resources`: each CRM resource of the mapping and its entity; `needed`: those synced."""
+        paths = self.crm_paths
+        valid = ", ".join(sorted(resources))
+        problems = [
+            f"CRM_RESOURCE_PATHS: unknown key {key!r}, not a CRM resource of the mapping "
+            f"(valid keys: {valid})"
+            for key in paths
+            # The default names the built-in mapping's resources; a mapping without them is not
+            # the user's typo (a resource of theirs without a path is reported below).
+            if key not in resources and "crm_resource_paths" in self.model_fields_set
+        ]
+        problems += [
+            f"CRM_RESOURCE_PATHS: no path for the CRM resource {resource!r} of entity "
+            f"{resources[resource]!r}; add {resource}=/PATH (valid keys: {valid})"
+            for resource in needed
+            if resource not in paths
+        ]
+        if problems:
+            raise ConfigError(problems)
 
     def require_remotes(self) -> None:
         """The remote settings that commands talking to both APIs need."""
@@ -116,14 +157,40 @@ def load_settings() -> Settings:
     problems = []
     if not settings.entities:
         problems.append("CRMSYNCD_ENTITIES: expected a comma-separated list such as contacts,deals")
-    for item in settings.crm_resource_paths.split(","):
-        if item and ("=" not in item or not item.split("=", 1)[1].startswith("/")):
-            problems.append(
-                f"CRM_RESOURCE_PATHS: expected entity=/path pairs separated by commas, got {item!r}"
-            )
+    problems += _path_problems(settings.crm_resource_paths)
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _path_items(text: str) -> list[tuple[str, str]]:
+    items: list[tuple[str, str]] = []
+    for item in text.split(","):
+        if item.strip():
+            key, _, path = item.partition("=")
+            items.append((key.strip(), path.strip()))
+    return items
+
+
+def _path_problems(text: str) -> list[str]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        key, _, path = (part.strip() for part in item.partition("="))
+        if not key or not path.startswith("/"):
+            problems.append(
+                f"CRM_RESOURCE_PATHS: expected resource=/path pairs separated by commas, got {item!r}"
+            )
+        elif "?" in path or "#" in path:
+            problems.append(
+                f"CRM_RESOURCE_PATHS: the path of {key!r} takes no query or fragment, got {path!r}"
+            )
+        elif key in seen:
+            problems.append(f"CRM_RESOURCE_PATHS: {key!r} given twice")
+        seen.add(key)
+    return problems
 
 
 _SECRET_VARS = {"ECOSIRE_API_KEY", "CRM_API_KEY", "CRMSYNCD_DATABASE_URL"}

@@ -1,5 +1,6 @@
 """`crmsyncd run`: the sync job at start and every interval, the retry job on its own interval,
-and a clean stop on SIGTERM/SIGINT.
+the history older than CRMSYNCD_HISTORY_DAYS pruned at start and daily, and a clean stop on
+SIGTERM/SIGINT.
 
 A stop lets the work in flight end well: pagers stop after the page they are staging (its cursor
 is saved with it), workers take no new record and finish the one they hold (a remote write is
@@ -25,12 +26,16 @@ from crmsyncd.config import Settings
 from crmsyncd.engine.passes import PassReport
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import DATABASE_ERRORS, describe_database_error
+from crmsyncd.store.runs import prune_history
 
 log = get_logger()
 
 # Seconds a stop waits beyond one HTTP timeout for jobs to finish, and then for cancelled jobs to
 # unwind (their bookkeeping flush included).
 STOP_MARGIN = 5.0
+# Seconds between prunings of the history (passes, resolved error rows): daily is plenty for a
+# retention counted in days, and each costs one index-backed statement per table.
+PRUNE_INTERVAL = 86400.0
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -128,7 +133,7 @@ async def _serve(app: App, settings: Settings, stopper: _Stopper) -> int:
             return
         finally:
             stopper.jobs.discard(task)
-        if report.status == "failed":
+        if report is not None and report.status == "failed":
             # Refused credentials will not fix themselves: stop and say so. Any other trouble
             # (an API down past its retries, the database away) waits for the next interval.
             log.error("job_failed", job=job, error=report.error)
@@ -149,6 +154,16 @@ async def _serve(app: App, settings: Settings, stopper: _Stopper) -> int:
     scheduler.add_job(
         guarded, "interval", args=["retry"], seconds=settings.retry_interval, id="retry", **common
     )
+    # At start as well, so that a daemon restarted more often than daily still prunes.
+    scheduler.add_job(
+        guarded,
+        "interval",
+        args=["prune"],
+        seconds=PRUNE_INTERVAL,
+        next_run_time=datetime.now(UTC),
+        id="prune",
+        **common,
+    )
     if settings.reconcile_interval > 0:  # 0 turns the full listings off
         scheduler.add_job(
             guarded,
@@ -164,6 +179,8 @@ async def _serve(app: App, settings: Settings, stopper: _Stopper) -> int:
         entities=[e.name for e in app.entities],
         sync_interval=settings.sync_interval,
         retry_interval=settings.retry_interval,
+        prune_interval=PRUNE_INTERVAL,
+        history_days=settings.history_days,
     )
     await stopper.requested.wait()
     # Paused, not shut down: APScheduler's shutdown cancels the coroutine jobs still running,
@@ -181,7 +198,11 @@ async def _serve(app: App, settings: Settings, stopper: _Stopper) -> int:
     return 1 if stopper.fatal else 0
 
 
-async def _job(app: App, job: str) -> PassReport:
+async def _job(app: App, job: str) -> PassReport | None:
+    if job == "prune":  # housekeeping, not a pass: no report
+        pruned = await prune_history(app.pool, app.settings.history_days)
+        log.info("history_pruned", days=pruned.days, runs=pruned.runs, errors=pruned.errors)
+        return None
     if job == "sync":
         return await app.engine.sync_pass(app.entities)
     if job == "reconcile":

@@ -213,3 +213,13 @@ class ErrorStore:
         counts = {"pending": 0, "dead": 0, "resolved": 0}
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
+
+    async def prune(self, days: int) -> int:
+        """Delete rows resolved more than `days` days ago: history, not the queue (pending and
+        dead rows stay however old). One statement on the resolved rows' index (migration 008)."""
+        result: str = await self.pool.execute(
+            "DELETE FROM sync_error WHERE status = 'resolved'"
+            " AND resolved_at < now() - make_interval(days => $1)",
+            days,
+        )
+        return int(result.split()[-1])

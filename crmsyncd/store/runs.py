@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from crmsyncd.store.db import Pool
+from crmsyncd.store.errors import Backoff, ErrorStore
 
 
 class RunStore:
@@ -41,3 +43,32 @@ class RunStore:
             " FROM sync_run WHERE kind = $1 ORDER BY id DESC LIMIT 1",
             kind,
         )
+
+    async def prune(self, days: int) -> int:
+        """Delete passes started more than `days` days ago, except the last of each kind, which
+        `status` shows however old it is. One statement on the indexes of migration 008."""
+        result: str = await self.pool.execute(
+            """
+            DELETE FROM sync_run r
+            WHERE r.started_at < now() - make_interval(days => $1)
+              AND EXISTS (SELECT 1 FROM sync_run n WHERE n.kind = r.kind AND n.id > r.id)
+            """,
+            days,
+        )
+        return int(result.split()[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    days: int
+    runs: int
+    errors: int
+
+
+async def prune_history(pool: Pool, days: int) -> Pruned:
+    """The history older than `days` (CRMSYNCD_HISTORY_DAYS): past passes and resolved error
+    rows, which nothing reads but `status` and which would otherwise grow without bound. Run by
+    `crmsyncd prune` and by the daemon once a day."""
+    runs = await RunStore(pool).prune(days)
+    errors = await ErrorStore(pool, Backoff()).prune(days)
+    return Pruned(days=days, runs=runs, errors=errors)
