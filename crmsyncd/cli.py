@@ -15,14 +15,26 @@ from typing import Any
 
 import orjson
 
-from crmsyncd.app import DatabaseUnavailable, open_app, open_database, rebind_systems
+from crmsyncd.app import (
+    DatabaseUnavailable,
+    build_connectors,
+    load_app_mapping,
+    open_app,
+    open_database,
+    rebind_systems,
+)
 from crmsyncd.config import ConfigError, Settings, load_settings
-from crmsyncd.domain.mapping import MappingError
+from crmsyncd.connectors.base import ConnectorError
+from crmsyncd.connectors.http import make_session
+from crmsyncd.domain.fieldcheck import mapped_fields
+from crmsyncd.domain.mapping import MappingError, load_mapping
 from crmsyncd.domain.records import Side
+from crmsyncd.engine.fieldcheck import check_mapping
 from crmsyncd.engine.passes import PassReport
 from crmsyncd.observability.logging import configure_logging
 from crmsyncd.store.cursors import CursorStore
 from crmsyncd.store.errors import Backoff, ErrorStore
+from crmsyncd.store.fieldseen import FieldCheck, FieldCheckStore
 from crmsyncd.store.identity import IdentityStore, SystemsChanged
 from crmsyncd.store.pairs import PairStore
 from crmsyncd.store.runs import RunStore, prune_history
@@ -92,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=3000,
         help="ECOSIRE requests per minute in the sandbox (the real API allows 60)",
     )
+    mapping = sub.add_parser("mapping", help="the mapping file against the APIs")
+    mapping_sub = mapping.add_subparsers(dest="mapping_command", required=True, metavar="ACTION")
+    check = mapping_sub.add_parser(
+        "check",
+        help="read one page of each side per entity; report unknown fields, wrong types and fields "
+        "mapped twice (exit 1 if any)",
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--entity", action="append", help="only this entity (repeatable)")
     sandbox = sub.add_parser("sandbox", help="serve fake ECOSIRE and CRM APIs on loopback for manual tries")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--ecosire-port", type=int, default=8081)
@@ -222,6 +243,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         queue = await ErrorStore(pool, Backoff()).counts()
         last = await RunStore(pool).last("sync")
         systems = await IdentityStore(pool).recorded()
+        field_checks = await FieldCheckStore(pool).all()
     doc: dict[str, Any] = {
         "systems": {
             side.value: None
@@ -235,6 +257,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             for side in Side
         },
         "cursors": _cursor_rows(settings.entities, cursors),
+        "field_checks": _field_check_rows(settings, field_checks),
         "pairs": [dict(p) for p in pairs],
         "errors": queue,
         "last_pass": None
@@ -287,6 +310,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"  writes {counts.get('writes', 0)}: created {_by_side(counts.get('created'))}, "
             f"updated {_by_side(counts.get('updated'))}, of which reverted {_by_side(counts.get('reverted'))}"
         )
+    _print_field_checks(doc["field_checks"])
     return EXIT_OK
 
 
@@ -294,6 +318,73 @@ def _by_side(counter: dict[str, int] | None) -> str:
     """A per-side counter of the run history as `ecosire N crm M`; passes from before a counter
     existed have none."""
     return " ".join(f"{side} {n}" for side, n in sorted((counter or {}).items())) or "none"
+
+
+def _field_check_rows(settings: Settings, checks: Sequence[FieldCheck]) -> list[dict[str, Any]]:
+    """The stored field checks; `current` says whether the mapping still maps those fields (if it
+    does not, the next pass checks again; None when the mapping cannot be read)."""
+    try:
+        mapping = load_app_mapping(settings)
+    except MappingError:
+        mapping = None
+    rows = []
+    for c in checks:
+        current: bool | None = None
+        if mapping is not None:
+            try:
+                current = mapped_fields(mapping.entity(c.entity), c.side) == c.fields
+            except KeyError:
+                current = False
+        rows.append(
+            {
+                "entity": c.entity,
+                "side": c.side.value,
+                "unseen": list(c.unseen),
+                "sampled": c.sampled,
+                "fields": list(c.fields),
+                "run": c.run_id,
+                "checked_at": c.checked_at.isoformat(),
+                "current": current,
+            }
+        )
+    return rows
+
+
+def _print_field_checks(rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    print("mapped fields against what the APIs return (first records read):")
+    for r in rows:
+        where = f"  {r['entity']} {r['side']}: "
+        if r["current"] is False:
+            print(where + "the mapping changed since; checked again at the next pass")
+        elif not r["unseen"]:
+            print(where + f"all {len(r['fields'])} mapped fields returned ({r['sampled']} records read)")
+        for name in r["unseen"] if r["current"] is not False else ():
+            print(
+                where + f"{name!r} was in none of the {r['sampled']} records read: a misspelling in "
+                "the mapping? (`crmsyncd mapping check` reads a page of each side)"
+            )
+
+
+async def cmd_mapping(args: argparse.Namespace, settings: Settings) -> int:
+    # The only action today: check. Duplicates are loaded, to be reported with the rest.
+    mapping = load_mapping(settings.mapping, allow_duplicates=True)
+    entities = mapping.select(args.entity or settings.entities)
+    settings.require_remotes()
+    session = make_session(settings.http_timeout)
+    try:
+        report = await check_mapping(build_connectors(settings, session), entities)
+    except ConnectorError as exc:
+        print(f"crmsyncd: mapping check: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    finally:
+        await session.close()
+    if args.json:
+        print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print("\n".join(report.lines()))
+    return EXIT_OK if report.ok else EXIT_FATAL
 
 
 async def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
@@ -379,4 +470,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any,
     "state": cmd_state,
     "demo": cmd_demo,
     "sandbox": cmd_sandbox,
+    "mapping": cmd_mapping,
 }

@@ -5,6 +5,7 @@ once, with errors that name the file, the key and the reason."""
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -133,20 +134,22 @@ class MappingSpec:
 DEFAULT_MAPPING = "built-in default mapping"
 
 
-def load_mapping(path: Path | None = None) -> MappingSpec:
+def load_mapping(path: Path | None = None, *, allow_duplicates: bool = False) -> MappingSpec:
+    """`allow_duplicates`: keep remote fields mapped twice (see `mapped_twice`), for `crmsyncd
+    mapping check` to report with the rest; a sync refuses them."""
     if path is None:
         text = resources.files("crmsyncd.domain").joinpath("default_mapping.toml").read_text("utf-8")
-        return parse_mapping(text, DEFAULT_MAPPING)
+        return parse_mapping(text, DEFAULT_MAPPING, allow_duplicates=allow_duplicates)
     try:
         text = path.read_text("utf-8")
     except OSError as exc:
         raise MappingError(str(path), "", f"cannot read the file ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise MappingError(str(path), "", "the file is not UTF-8 text") from None
-    return parse_mapping(text, str(path))
+    return parse_mapping(text, str(path), allow_duplicates=allow_duplicates)
 
 
-def parse_mapping(text: str, source: str) -> MappingSpec:
+def parse_mapping(text: str, source: str, *, allow_duplicates: bool = False) -> MappingSpec:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -158,7 +161,7 @@ def parse_mapping(text: str, source: str) -> MappingSpec:
     unknown_top = sorted(set(doc) - {"entities"})
     if unknown_top:
         raise MappingError(source, unknown_top[0], "unknown key (expected only [entities.*])")
-    entities = [_parse_entity(source, name, body) for name, body in entities_doc.items()]
+    entities = [_parse_entity(source, name, body, allow_duplicates) for name, body in entities_doc.items()]
     _check_references(source, entities)
     return MappingSpec(source, tuple(_dependency_order(source, entities)))
 
@@ -167,7 +170,21 @@ _ENTITY_KEYS = {"ecosire", "crm", "match_key", "depends_on", "delete_policy", "f
 _FIELD_KEYS = {"ecosire", "crm", "direction", "rule", "transform", "required", "immutable"}
 
 
-def _parse_entity(source: str, name: str, body: Any) -> EntitySpec:
+def mapped_twice(fields: Sequence[FieldSpec]) -> list[tuple[Side, str, tuple[str, ...]]]:
+    """Remote fields that several entries name on one side, as (side, remote field, the entries'
+    names): the entries would write one field with different values."""
+    found: list[tuple[Side, str, tuple[str, ...]]] = []
+    for side in Side:
+        by_remote: dict[str, list[str]] = {}
+        for spec in fields:
+            by_remote.setdefault(spec.remote_name(side), []).append(spec.name)
+        found.extend(
+            (side, remote, tuple(names)) for remote, names in sorted(by_remote.items()) if len(names) > 1
+        )
+    return found
+
+
+def _parse_entity(source: str, name: str, body: Any, allow_duplicates: bool = False) -> EntitySpec:
     key = f"entities.{name}"
     if not isinstance(body, dict):
         raise MappingError(source, key, "expected a table")
@@ -178,11 +195,10 @@ def _parse_entity(source: str, name: str, body: Any) -> EntitySpec:
     fields = tuple(
         _parse_field(source, f"{key}.fields.{fname}", fname, fbody) for fname, fbody in fields_doc.items()
     )
-    for side in Side:
-        names = [f.remote_name(side) for f in fields]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise MappingError(source, f"{key}.fields", f"{side.value} field {dupes[0]!r} mapped twice")
+    dupes = [] if allow_duplicates else mapped_twice(fields)
+    if dupes:
+        side, remote, _ = dupes[0]
+        raise MappingError(source, f"{key}.fields", f"{side.value} field {remote!r} mapped twice")
     match_key = body.get("match_key")
     if match_key is not None and (not isinstance(match_key, str) or match_key not in fields_doc):
         raise MappingError(

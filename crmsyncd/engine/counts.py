@@ -23,6 +23,9 @@ class PassCounts:
     deleted: Counter[str] = field(default_factory=Counter)  # deletions we propagated, by side
     deleted_seen: Counter[str] = field(default_factory=Counter)  # deletions noticed, by side
     retried_ok: int = 0
+    # Mapped fields the API never returned in the first records read (engine/fieldcheck.py):
+    # {"entity", "side", "field", "sampled"} each.
+    unseen_fields: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def writes(self) -> int:
@@ -42,6 +45,7 @@ class PassCounts:
             getattr(self, name).update(getattr(other, name))
         for name in ("echoes", "staged", "linked", "unchanged", "retried_ok"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.unseen_fields.extend(other.unseen_fields)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +63,7 @@ class PassCounts:
             "deleted_seen": _plain(self.deleted_seen),
             "retried_ok": self.retried_ok,
             "writes": self.writes,
+            "unseen_fields": [dict(u) for u in self.unseen_fields],
         }
 
 

@@ -14,6 +14,7 @@ from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import Side
 from crmsyncd.engine.context import EngineContext
 from crmsyncd.engine.counts import PassCounts
+from crmsyncd.engine.fieldcheck import FieldWatch, field_watches
 from crmsyncd.engine.merge import merge
 from crmsyncd.engine.pager import TICK as PAGER_TICK
 from crmsyncd.engine.pager import PagingLoop, read_changes
@@ -26,22 +27,28 @@ log = get_logger()
 
 async def sync_entity(ctx: EngineContext, entity: EntitySpec, run_id: int, counts: PassCounts) -> None:
     await resolve_doubts(ctx, entity, counts)
+    # Sides whose mapped field names were not checked against what the API returns yet.
+    watches = await field_watches(ctx, entity, run_id)
     try:
         # A reader that fails cancels its sibling: the entity waits for the next pass.
         async with asyncio.TaskGroup() as readers:
             for side in Side:
-                readers.create_task(_read_side(ctx, entity, side, counts))
+                readers.create_task(_read_side(ctx, entity, side, counts, watches.get(side)))
     except BaseExceptionGroup as group:
         raise group.exceptions[0] from None
     await merge(ctx, entity, run_id, counts)
 
 
-async def _read_side(ctx: EngineContext, entity: EntitySpec, side: Side, counts: PassCounts) -> None:
+async def _read_side(
+    ctx: EngineContext, entity: EntitySpec, side: Side, counts: PassCounts, watch: FieldWatch | None
+) -> None:
     with bound_contextvars(side=side.value):
-        await _read(ctx, entity, side, counts)
+        await _read(ctx, entity, side, counts, watch)
 
 
-async def _read(ctx: EngineContext, entity: EntitySpec, side: Side, counts: PassCounts) -> None:
+async def _read(
+    ctx: EngineContext, entity: EntitySpec, side: Side, counts: PassCounts, watch: FieldWatch | None
+) -> None:
     connector = ctx.connectors[side]
     cursor = await ctx.cursors.get(entity.name, side)
     # A pass re-reads the overlap before the newest stamp read, for late commits, until a
@@ -57,9 +64,14 @@ async def _read(ctx: EngineContext, entity: EntitySpec, side: Side, counts: Pass
         since = cursor.updated_at - (timedelta(0) if cursor.window_settled else overlap) - PAGER_TICK
         settles = not cursor.window_settled and cursor.age >= overlap.total_seconds()
     pages = read_changes(connector, entity.resource(side), since=since, page_size=ctx.page_size(connector))
+    complete = False
     try:
         async with contextlib.aclosing(pages):
             async for page in pages:
+                if watch is not None:
+                    watch.feed([body for _, _, body in page.records])
+                    watch.feed([body for body, _ in page.unusable])
+                complete = complete or page.complete
                 await ctx.stager.stage(
                     entity,
                     side,
@@ -77,3 +89,5 @@ async def _read(ctx: EngineContext, entity: EntitySpec, side: Side, counts: Pass
         # What was staged is safe and the cursor passes nothing unread: this side's read ends
         # here, the pass merges what it has, and the next pass reads on from the cursor.
         log.error("paging_stopped", entity=entity.name, side=side.value, error=str(exc))
+    if watch is not None:
+        await watch.finish(counts, read_whole_side=since is None and complete)
