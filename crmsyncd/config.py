@@ -90,6 +90,18 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator(
+        "crm_id_field", "crm_updated_field", "crm_updated_after_param", "crm_page_param", "crm_limit_param"
+    )
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # A blank name reaches the CRM as a list parameter or a record field that is never
+        # there, and the pass fails on the first page instead of the start.
+        value = value.strip()
+        if not value or any(c.isspace() or c in "&=?#" for c in value):
+            raise ValueError("expected a field or parameter name, without spaces or &=?#")
+        return value
+
     @field_validator("crm_api_url", "ecosire_api_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:

@@ -308,3 +308,17 @@ async def test_an_interval_that_cannot_be_scheduled_exits_2_at_start(
     assert result.code == 2, result.stderr[-2000:]
     assert variable in result.stderr and "Traceback" not in result.stderr
     assert not eco.requests and not crm.requests
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["CRM_ID_FIELD", "CRM_UPDATED_FIELD", "CRM_UPDATED_AFTER_PARAM", "CRM_PAGE_PARAM", "CRM_LIMIT_PARAM"],
+)
+async def test_an_empty_crm_field_or_parameter_name_exits_2_at_start(
+    env: dict[str, str], eco: EcosireSandbox, crm: CrmSandbox, variable: str
+) -> None:
+    eco.seed("contacts", [{"name": "Ann", "email": "ann@mail.example"}])
+    result = await run_cli("sync", "--once", env={**env, variable: " "})
+    assert result.code == 2, result.stderr[-2000:]
+    assert variable in result.stderr and "Traceback" not in result.stderr
+    assert not eco.requests and not crm.requests
