@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--ecosire-port", type=int, default=8081)
     sandbox.add_argument("--crm-port", type=int, default=8082)
     sandbox.add_argument("--seed-demo", action="store_true", help="load the demo data set")
+    sandbox.add_argument(
+        "--crm",
+        choices=("rest", "hubspot"),
+        default="rest",
+        help="rest (default): ECOSIRE and the REST CRM; hubspot: a fake HubSpot CRM v3 account alone",
+    )
+    sandbox.add_argument("--port", type=int, default=8083, help="the HubSpot sandbox's port (0: a free one)")
     return parser
 
 
@@ -452,6 +459,11 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
+    if args.crm == "hubspot":
+        from crmsyncd.sandbox.hubspot import run_hubspot_sandbox
+
+        await run_hubspot_sandbox(args.host, args.port)
+        return EXIT_OK
     from crmsyncd.sandbox import run_sandbox
 
     await run_sandbox(args.host, args.ecosire_port, args.crm_port, args.seed_demo)

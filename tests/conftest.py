@@ -20,6 +20,7 @@ from crmsyncd.app import App, open_app
 from crmsyncd.config import Settings, load_settings
 from crmsyncd.domain.records import Side
 from crmsyncd.sandbox import CrmSandbox, EcosireSandbox
+from crmsyncd.sandbox.hubspot import HubSpotSandbox, Limits
 from crmsyncd.store.db import EmbeddedPostgres, database_name_dsn
 
 _counter = itertools.count(1)
@@ -66,6 +67,15 @@ async def eco() -> AsyncIterator[EcosireSandbox]:
 @pytest.fixture
 async def crm() -> AsyncIterator[CrmSandbox]:
     async with CrmSandbox() as server:
+        yield server
+
+
+@pytest.fixture
+async def hubspot() -> AsyncIterator[HubSpotSandbox]:
+    """A fake HubSpot account: writes searchable at once and no limits, so tests run fast; a test
+    of the index lag or the limits sets `search_lag` or `limits` itself."""
+    unlimited = Limits(ten_second=None, oauth_ten_second=None, daily=None, search_per_second=None)
+    async with HubSpotSandbox(search_lag=0.0, limits=unlimited) as server:
         yield server
 
 

@@ -115,7 +115,7 @@ def admin_routes(server: SandboxServer) -> list[web.RouteDef]:
 
 def _resource(server: SandboxServer, request: web.Request) -> str:
     resource = request.match_info["resource"]
-    if resource not in server.schemas:
+    if resource not in server.resource_names():
         raise ApiError(404, f"unknown resource {resource!r}")
     return resource
 

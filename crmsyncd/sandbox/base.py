@@ -69,6 +69,8 @@ class SandboxServer:
     side: ClassVar[Side]
     schemas: ClassVar[Mapping[str, Schema]]
     sends_retry_after: ClassVar[bool] = False
+    # Where the API's routes start: `url` ends with it ("" for an API served from the root).
+    api_prefix: ClassVar[str] = API_PREFIX
 
     def __init__(
         self,
@@ -205,6 +207,10 @@ class SandboxServer:
         is counted against the new limit, and its answer advertises it."""
         return self._limiter.counts(self.api_key)
 
+    def resource_names(self) -> tuple[str, ...]:
+        """The resources the admin endpoints can seed, list, edit and remove."""
+        return tuple(self.schemas)
+
     def _collection(self, resource: str) -> Collection:
         try:
             return self._collections[resource]
@@ -233,7 +239,7 @@ class SandboxServer:
             raise
         bound_port = int(runner.addresses[0][1])
         url_host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
-        self.url = str(URL.build(scheme="http", host=url_host, port=bound_port, path=API_PREFIX))
+        self.url = str(URL.build(scheme="http", host=url_host, port=bound_port, path=self.api_prefix))
         self._runner = runner
         return self.url
 
@@ -245,7 +251,7 @@ class SandboxServer:
     @property
     def admin_url(self) -> str:
         """Base of the admin endpoints, e.g. http://127.0.0.1:54321/__sandbox."""
-        return self.url.removesuffix(API_PREFIX) + ADMIN_PREFIX
+        return self.url.removesuffix(self.api_prefix) + ADMIN_PREFIX
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -378,16 +384,21 @@ class SandboxServer:
                 status=rule.status or 200,
                 headers={"Content-Type": rule.content_type or JSON_TYPE},
             )
-        elif rule.status == 429:
-            throttle = self._throttle_headers(self._fault_quota())
-            response = ApiError(429, "Too Many Requests", throttle).response()
         elif rule.status is not None:
-            response = error_response(rule.status, reason(rule.status))
+            response = self._fault_response(rule.status)
         else:
             response = real if real is not None else await handler(request)
         if rule.headers:
             response.headers.update(rule.headers)
         return response
+
+    def _fault_response(self, status: int) -> web.Response:
+        """What a fault rule's `status` answers: the API's error envelope; a 429 carries the API's
+        throttle headers."""
+        if status == 429:
+            throttle = self._throttle_headers(self._fault_quota())
+            return ApiError(429, "Too Many Requests", throttle).response()
+        return error_response(status, reason(status))
 
     # ----- resource handlers --------------------------------------------------------------------
 
