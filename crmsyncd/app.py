@@ -18,6 +18,7 @@ from crmsyncd.connectors.http import make_session
 from crmsyncd.connectors.rest import RestConnector, RestSettings
 from crmsyncd.domain.mapping import EntitySpec, MappingSpec, load_mapping
 from crmsyncd.domain.records import Side
+from crmsyncd.engine.backfill import accept_resources, check_mapping_state
 from crmsyncd.engine.context import EngineSettings
 from crmsyncd.engine.jobs import SyncEngine
 from crmsyncd.observability.logging import get_logger
@@ -134,6 +135,18 @@ async def rebind_systems(settings: Settings) -> dict[Side, tuple[SystemIdentity 
     return {side: (previous[side], identity) for side, identity in configured.items()}
 
 
+async def accept_resource(settings: Settings, name: str) -> tuple[dict[Side, str], dict[Side, str]] | None:
+    """`crmsyncd state accept-resource NAME`: the entity's resources as now configured become its
+    own; (old, new) paths per side, None when nothing is stored for it."""
+    mapping = load_app_mapping(settings)
+    async with open_database(settings) as pool:
+        session = make_session(settings.http_timeout)
+        try:
+            return await accept_resources(pool, mapping, build_connectors(settings, session), name)
+        finally:
+            await session.close()
+
+
 @dataclass(slots=True)
 class App:
     settings: Settings
@@ -169,6 +182,8 @@ async def open_app(
         try:
             connectors = build_connectors(settings, session)
             await bind_systems(pool, connectors)
+            # A renamed entity or a moved resource is refused here, before a record is read.
+            await check_mapping_state(pool, mapping, connectors)
             engine = SyncEngine(
                 pool,
                 connectors,

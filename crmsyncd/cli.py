@@ -17,6 +17,7 @@ import orjson
 
 from crmsyncd.app import (
     DatabaseUnavailable,
+    accept_resource,
     build_connectors,
     load_app_mapping,
     open_app,
@@ -29,12 +30,14 @@ from crmsyncd.connectors.http import make_session
 from crmsyncd.domain.fieldcheck import mapped_fields
 from crmsyncd.domain.mapping import MappingError, load_mapping
 from crmsyncd.domain.records import Side
+from crmsyncd.engine.backfill import MappingStateChanged, RereadOutcome, orphan_warnings, rename_entity
 from crmsyncd.engine.fieldcheck import check_mapping
 from crmsyncd.engine.passes import PassReport
 from crmsyncd.observability.logging import configure_logging
 from crmsyncd.store.cursors import CursorStore
 from crmsyncd.store.errors import Backoff, ErrorStore
 from crmsyncd.store.fieldseen import FieldCheck, FieldCheckStore
+from crmsyncd.store.fingerprints import Backfill, FingerprintStore
 from crmsyncd.store.identity import IdentityStore, SystemsChanged
 from crmsyncd.store.pairs import PairStore
 from crmsyncd.store.runs import RunStore, prune_history
@@ -70,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument("--once", action="store_true", required=True, help="one sweep and exit (required)")
     reconcile.add_argument("--entity", action="append", help="only this entity (repeatable)")
+    resync = sub.add_parser(
+        "resync",
+        help="read both sides in full, ignoring the cursors, and merge every field anew; writes only "
+        "real differences",
+    )
+    resync.add_argument(
+        "--entity", action="append", help="only this entity (repeatable); default CRMSYNCD_ENTITIES"
+    )
+    resync.add_argument("--json", action="store_true", help="a machine-readable summary")
     status = sub.add_parser("status", help="cursors, mapped pairs, queue counts and the last pass")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     errors = sub.add_parser("errors", help="the retry queue")
@@ -93,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="record the configured ECOSIRE and CRM as the state's systems (after a move of the "
         "same systems to a new URL; other systems need a fresh database)",
     )
+    rename = state_sub.add_parser(
+        "rename-entity", help="carry an entity's state over to its new name in the mapping"
+    )
+    rename.add_argument("old", help="the name the state is stored under")
+    rename.add_argument("new", help="the entity's name in the mapping now")
+    forget = state_sub.add_parser(
+        "forget-entity",
+        help="delete an entity's pairs, cursors, error rows and fingerprint (its records are then "
+        "matched afresh by match key)",
+    )
+    forget.add_argument("name")
+    accept = state_sub.add_parser(
+        "accept-resource",
+        help="take an entity's resources as now configured as its own (the same records moved)",
+    )
+    accept.add_argument("name")
     demo = sub.add_parser(
         "demo", help="embedded PostgreSQL and both sandbox APIs in process, seeded; sync and report"
     )
@@ -159,7 +187,7 @@ def _main(argv: Sequence[str] | None) -> int:
     command: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]] = COMMANDS[args.command]
     try:
         return asyncio.run(command(args, settings))
-    except (ConfigError, MappingError, SystemsChanged) as exc:
+    except (ConfigError, MappingError, SystemsChanged, MappingStateChanged) as exc:
         print(f"crmsyncd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except DatabaseUnavailable as exc:
@@ -198,6 +226,42 @@ async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     async with open_app(settings) as app:
         report = await app.engine.reconcile_pass(app.select(args.entity))
     return _report_exit(report)
+
+
+async def cmd_resync(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_app(settings) as app:
+        entities = app.select(args.entity)
+        report, outcomes = await app.engine.resync_pass(entities)
+    counts = report.counts.as_dict()
+    complete = len(outcomes) == len(entities) and all(o.complete for o in outcomes)
+    if args.json:
+        doc = {
+            "run": report.run_id,
+            "status": report.status,
+            "complete": complete,
+            "entities": [o.entity for o in outcomes],
+            "read": counts["seen"],
+            **{k: counts[k] for k in ("created", "updated", "writes", "parked", "conflicts", "staged")},
+            "per_entity": [_outcome_row(o) for o in outcomes],
+            "error": report.error,
+        }
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    for o in outcomes if not args.json else ():
+        fields = f", {', '.join(o.fields)} merged as on a first link" if o.fields else ""
+        print(
+            f"resync {o.entity}: read {_by_side(dict(o.read))}, wrote {_by_side(o.written)}"
+            f"{fields}: {'complete' if o.complete else 'INCOMPLETE, run it again'}"
+        )
+    if report.status == "ok" and not complete:
+        done = {o.entity for o in outcomes if o.complete}
+        left = ", ".join(e.name for e in entities if e.name not in done)
+        print(f"crmsyncd: resync incomplete for {left} (see the log); run it again", file=sys.stderr)
+        return EXIT_FATAL
+    return _report_exit(report)
+
+
+def _outcome_row(o: RereadOutcome) -> dict[str, Any]:
+    return {"entity": o.entity, "fields": list(o.fields), "complete": o.complete, **o.progress()}
 
 
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -251,6 +315,8 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         last = await RunStore(pool).last("sync")
         systems = await IdentityStore(pool).recorded()
         field_checks = await FieldCheckStore(pool).all()
+        backfills = await FingerprintStore(pool).backfills()
+        mapping_warnings = await _mapping_warnings(pool, settings)
     doc: dict[str, Any] = {
         "systems": {
             side.value: None
@@ -265,6 +331,8 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         },
         "cursors": _cursor_rows(settings.entities, cursors),
         "field_checks": _field_check_rows(settings, field_checks),
+        "backfills": [_backfill_row(b) for b in backfills],
+        "mapping_warnings": mapping_warnings,
         "pairs": [dict(p) for p in pairs],
         "errors": queue,
         "last_pass": None
@@ -318,7 +386,47 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"updated {_by_side(counts.get('updated'))}, of which reverted {_by_side(counts.get('reverted'))}"
         )
     _print_field_checks(doc["field_checks"])
+    _print_backfills(doc["backfills"], mapping_warnings)
     return EXIT_OK
+
+
+async def _mapping_warnings(pool: Any, settings: Settings) -> list[str]:
+    try:
+        return await orphan_warnings(pool, load_app_mapping(settings))
+    except (MappingError, ConfigError):
+        return []  # a mapping that cannot be read is reported by the commands that need it
+
+
+def _backfill_row(b: Backfill) -> dict[str, Any]:
+    return {
+        "entity": b.entity,
+        "kind": b.kind,
+        "fields": list(b.fields),
+        "state": "done" if b.finished_at else "in progress",
+        "run": b.run_id,
+        "started_at": b.started_at.isoformat(),
+        "finished_at": b.finished_at.isoformat() if b.finished_at else None,
+        "progress": b.progress,
+    }
+
+
+def _print_backfills(rows: Sequence[dict[str, Any]], warnings: Sequence[str]) -> None:
+    """The last full re-read of each entity (a backfill after a mapping change, or a resync)."""
+    for r in rows:
+        progress = r["progress"]
+        totals = progress.get("total", {})
+        read = " ".join(
+            f"{side} {n}" + (f"/{totals[side]}" if side in totals else "")
+            for side, n in sorted(progress.get("read", {}).items())
+        )
+        what = ", ".join(r["fields"]) or "all fields"
+        when = r["finished_at"] or f"started {r['started_at']}, run #{r['run']}"
+        print(
+            f"{r['kind']} {r['entity']} ({what}): {r['state']} at {when}; read {read or 'nothing yet'}, "
+            f"wrote {_by_side(progress.get('written'))}"
+        )
+    for warning in warnings:
+        print(f"warning: {warning}")
 
 
 def _by_side(counter: dict[str, int] | None) -> str:
@@ -438,7 +546,8 @@ async def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
-    # The only action today: rebind.
+    if args.state_command != "rebind":
+        return await _state_entity(args, settings)
     rebound = await rebind_systems(settings)
     print("the state now belongs to the configured systems:")
     for side, (replaced, recorded) in rebound.items():
@@ -449,6 +558,29 @@ async def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
         else:
             change = f"replacing {replaced.describe()}"
         print(f"  {side.value:<8} {recorded.describe()}  {change}")
+    return EXIT_OK
+
+
+async def _state_entity(args: argparse.Namespace, settings: Settings) -> int:
+    """rename-entity, forget-entity, accept-resource: what a start refused for a renamed entity
+    or a moved resource points to (engine/backfill.py)."""
+    if args.state_command == "accept-resource":
+        accepted = await accept_resource(settings, args.name)
+        if accepted is None:
+            print(f"nothing is stored for entity {args.name!r}: nothing to accept")
+            return EXIT_OK
+        for side in Side:
+            old, new = accepted[0][side], accepted[1][side]
+            change = "(unchanged)" if old == new else f"(was {old!r})"
+            print(f"{args.name} {side.value}: {new!r} {change}")
+        return EXIT_OK
+    async with open_database(settings) as pool:
+        if args.state_command == "rename-entity":
+            moved = await rename_entity(pool, load_app_mapping(settings), args.old, args.new)
+            print(f"the state of {args.old!r} ({moved} records in the map) is now {args.new!r}'s")
+        else:
+            gone = await FingerprintStore(pool).forget_entity(args.name)
+            print(f"forgot entity {args.name!r}: {gone} records in the map, its cursors and error rows")
     return EXIT_OK
 
 
@@ -475,6 +607,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any,
     "sync": cmd_sync,
     "retry": cmd_retry,
     "reconcile": cmd_reconcile,
+    "resync": cmd_resync,
     "status": cmd_status,
     "errors": cmd_errors,
     "migrate": cmd_migrate,

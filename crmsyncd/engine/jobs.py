@@ -1,4 +1,4 @@
-"""`SyncEngine`: the three jobs (sync, retry, reconcile) over one shared context, taking turns
+"""`SyncEngine`: the jobs (sync, retry, reconcile, resync) over one shared context, taking turns
 within a process; across processes, each entity's lock keeps passes apart (engine/passes.py)."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from collections.abc import Mapping, Sequence
 from crmsyncd.connectors.base import Connector
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import Side
+from crmsyncd.engine.backfill import RereadOutcome, resync_entity, sync_or_backfill
 from crmsyncd.engine.context import EngineContext, EngineSettings
 from crmsyncd.engine.counts import PassCounts
 from crmsyncd.engine.passes import PassKind, PassReport, run_pass
 from crmsyncd.engine.reconcile import Reconciler
 from crmsyncd.engine.retry import claim_retries
-from crmsyncd.engine.sync import sync_entity
 from crmsyncd.store.db import Pool
 from crmsyncd.store.errors import Backoff
 
@@ -32,7 +32,8 @@ class SyncEngine(EngineContext):
 
     async def sync_pass(self, entities: Sequence[EntitySpec]) -> PassReport:
         async def job(entity: EntitySpec, run_id: int, counts: PassCounts) -> None:
-            await sync_entity(self, entity, run_id, counts)
+            # A normal pass, or a backfill when the entity's mapping changed (engine/backfill.py).
+            await sync_or_backfill(self, entity, run_id, counts)
 
         async with self._busy:
             return await run_pass(self, PassKind.SYNC, entities, job)
@@ -45,6 +46,16 @@ class SyncEngine(EngineContext):
                 return await run_pass(self, PassKind.RETRY, (), _nothing)
             job = await claim_retries(self, entities, include_not_due=include_not_due)
             return await run_pass(self, PassKind.RETRY, entities, job)
+
+    async def resync_pass(self, entities: Sequence[EntitySpec]) -> tuple[PassReport, list[RereadOutcome]]:
+        """Both sides of each entity read in full and merged anew; what each re-read did."""
+        outcomes: list[RereadOutcome] = []
+
+        async def job(entity: EntitySpec, run_id: int, counts: PassCounts) -> None:
+            outcomes.append(await resync_entity(self, entity, run_id, counts))
+
+        async with self._busy:
+            return await run_pass(self, PassKind.RESYNC, entities, job), outcomes
 
     async def reconcile_pass(self, entities: Sequence[EntitySpec]) -> PassReport:
         reconciler = Reconciler(self, self.settings.reconcile_budget, self.settings.delete_guard)

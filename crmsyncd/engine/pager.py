@@ -71,6 +71,8 @@ class PageOfChanges:
     cursor: Position | None = None
     # Set on the last page of a read that ran to the list's end (not cut short by its budget).
     complete: bool = False
+    # How many records the list held at its first answer (its `total`), for progress reports.
+    total: int | None = None
 
     def __bool__(self) -> bool:
         return bool(self.records or self.unusable or self.cursor or self.complete)
@@ -116,6 +118,7 @@ async def read_changes(
     cursor is safe: no record sorting at or before that cursor is left unread."""
     pager = _Pager(connector, resource, since, page_size, max_requests, max_block_sweeps)
     async for page in pager.pages():
+        page.total = pager.total
         yield page
 
 
@@ -144,6 +147,7 @@ class _Pager:
         self.requests = 0
         self.taken = 0  # record versions yielded
         self.budget: int | None = None  # versions this pass reads before it ends (see module doc)
+        self.total: int | None = None  # what the list held at its first answer
         self._list_ended = False  # a block ran to the list's end
 
     # -- the normal way: page 1 after an anchor that moves with every page --------------------
@@ -290,6 +294,8 @@ class _Pager:
         result = await self.connector.list_page(
             self.resource, updated_after=self.anchor, page=page, limit=self.page_size
         )
+        if self.total is None:
+            self.total = result.total
         if self.budget is None and result.total > 0:
             # What the list held at its first answer, and a page for what moves meanwhile.
             self.budget = result.total + self.page_size

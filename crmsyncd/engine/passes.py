@@ -28,6 +28,7 @@ class PassKind(StrEnum):
     SYNC = "sync"
     RETRY = "retry"
     RECONCILE = "reconcile"
+    RESYNC = "resync"  # both sides re-read in full and merged anew (engine/backfill.py)
 
 
 class PassStatus(StrEnum):

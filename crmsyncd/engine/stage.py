@@ -136,8 +136,11 @@ class Stager:
         cursor: Cursor | None,
         *,
         id_field: str,
+        reread: bool = False,
     ) -> list[str]:
-        """Stage one page; returns the ids parked as unreadable."""
+        """Stage one page; returns the ids parked as unreadable. `reread`: a full re-read (a
+        backfill, a resync), whose versions are staged even when not newer than the version
+        merged, unless they equal what we last knew (echoes cost nothing there either)."""
         counts.seen[side.value] += len(records) + len(unusable)
         unusable = [*unusable]
         usable: list[tuple[str, datetime, JSON]] = []
@@ -193,7 +196,8 @@ class Stager:
                 values = None  # cannot be an echo; the merge resolves it or parks it
             prior = known.get(record_id)
             if prior is not None and (
-                prior.pending_at == stamp or (prior.seen_at is not None and stamp <= prior.seen_at)
+                prior.pending_at == stamp
+                or (not reread and prior.seen_at is not None and stamp <= prior.seen_at)
             ):
                 # This very version is staged or merged already (re-read in the overlap).
                 continue
@@ -216,7 +220,7 @@ class Stager:
         await execute_atomically(
             self.pool,
             [
-                self.pairs.stage_statement(entity.name, side, observations),
+                self.pairs.stage_statement(entity.name, side, observations, reread=reread),
                 self.errors.park_statement(failures),
                 None
                 if cursor is None

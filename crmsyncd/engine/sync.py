@@ -1,11 +1,14 @@
 """The sync job, per entity in dependency order: the doubts of earlier passes are looked up, both
 sides' pagers stage their changes concurrently, then the pairs are linked and merged
-(engine/merge.py)."""
+(engine/merge.py). A backfill or a resync (engine/backfill.py) reads both sides in full instead
+(`FullRead`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from structlog.contextvars import bound_contextvars
@@ -17,7 +20,7 @@ from crmsyncd.engine.counts import PassCounts
 from crmsyncd.engine.fieldcheck import FieldWatch, field_watches
 from crmsyncd.engine.merge import merge
 from crmsyncd.engine.pager import TICK as PAGER_TICK
-from crmsyncd.engine.pager import PagingLoop, read_changes
+from crmsyncd.engine.pager import PageOfChanges, PagingLoop, read_changes
 from crmsyncd.engine.recover import resolve_doubts
 from crmsyncd.engine.stage import Cursor
 from crmsyncd.observability.logging import get_logger
@@ -25,7 +28,19 @@ from crmsyncd.observability.logging import get_logger
 log = get_logger()
 
 
-async def sync_entity(ctx: EngineContext, entity: EntitySpec, run_id: int, counts: PassCounts) -> None:
+@dataclass(slots=True)
+class FullRead:
+    """Both sides read from the start of their lists, whatever the cursors say, and every version
+    read staged, even one not newer than the version last merged: a re-read of what the delta
+    reads saw already (staging would drop it as old)."""
+
+    on_page: Callable[[Side, PageOfChanges], Awaitable[None]]  # after each page is staged
+    complete: set[Side] = field(default_factory=set)  # the sides read to their list's end
+
+
+async def sync_entity(
+    ctx: EngineContext, entity: EntitySpec, run_id: int, counts: PassCounts, full: FullRead | None = None
+) -> None:
     await resolve_doubts(ctx, entity, counts)
     # Sides whose mapped field names were not checked against what the API returns yet.
     watches = await field_watches(ctx, entity, run_id)
@@ -33,21 +48,31 @@ async def sync_entity(ctx: EngineContext, entity: EntitySpec, run_id: int, count
         # A reader that fails cancels its sibling: the entity waits for the next pass.
         async with asyncio.TaskGroup() as readers:
             for side in Side:
-                readers.create_task(_read_side(ctx, entity, side, counts, watches.get(side)))
+                readers.create_task(_read_side(ctx, entity, side, counts, watches.get(side), full))
     except BaseExceptionGroup as group:
         raise group.exceptions[0] from None
     await merge(ctx, entity, run_id, counts)
 
 
 async def _read_side(
-    ctx: EngineContext, entity: EntitySpec, side: Side, counts: PassCounts, watch: FieldWatch | None
+    ctx: EngineContext,
+    entity: EntitySpec,
+    side: Side,
+    counts: PassCounts,
+    watch: FieldWatch | None,
+    full: FullRead | None,
 ) -> None:
     with bound_contextvars(side=side.value):
-        await _read(ctx, entity, side, counts, watch)
+        await _read(ctx, entity, side, counts, watch, full)
 
 
 async def _read(
-    ctx: EngineContext, entity: EntitySpec, side: Side, counts: PassCounts, watch: FieldWatch | None
+    ctx: EngineContext,
+    entity: EntitySpec,
+    side: Side,
+    counts: PassCounts,
+    watch: FieldWatch | None,
+    full: FullRead | None = None,
 ) -> None:
     connector = ctx.connectors[side]
     cursor = await ctx.cursors.get(entity.name, side)
@@ -60,7 +85,7 @@ async def _read(
     since = None
     settles = False
     overlap = ctx.settings.overlap
-    if cursor is not None:
+    if cursor is not None and full is None:
         since = cursor.updated_at - (timedelta(0) if cursor.window_settled else overlap) - PAGER_TICK
         settles = not cursor.window_settled and cursor.age >= overlap.total_seconds()
     pages = read_changes(connector, entity.resource(side), since=since, page_size=ctx.page_size(connector))
@@ -80,7 +105,10 @@ async def _read(
                     counts,
                     Cursor(*page.cursor) if page.cursor else None,
                     id_field=connector.id_field,
+                    reread=full is not None,
                 )
+                if full is not None:
+                    await full.on_page(side, page)
                 if page.complete and settles and cursor is not None:
                     await ctx.cursors.settle_window(entity.name, side, cursor)
                 if ctx.stopping.is_set():
@@ -89,5 +117,7 @@ async def _read(
         # What was staged is safe and the cursor passes nothing unread: this side's read ends
         # here, the pass merges what it has, and the next pass reads on from the cursor.
         log.error("paging_stopped", entity=entity.name, side=side.value, error=str(exc))
+    if full is not None and complete:
+        full.complete.add(side)
     if watch is not None:
         await watch.finish(counts, read_whole_side=since is None and complete)

@@ -174,8 +174,11 @@ class PairStore:
         )
         return {r["rid"]: r["oid"] for r in rows}
 
-    def stage_statement(self, entity: str, side: Side, batch: Sequence[Observation]) -> Statement | None:
-        """Record observations; an older one never replaces a newer one; staging unparks."""
+    def stage_statement(
+        self, entity: str, side: Side, batch: Sequence[Observation], *, reread: bool = False
+    ) -> Statement | None:
+        """Record observations; an older one never replaces a newer one; staging unparks.
+        `reread` (a backfill, a resync) takes versions not newer than the one merged, too."""
         if not batch:
             return None
         rid, pend, pend_at = column(side, "id"), column(side, "pending"), column(side, "pending_at")
@@ -196,7 +199,7 @@ class PairStore:
             WHERE record_map.state <> 'deleted'
               AND (record_map.{pend_at} IS NULL OR record_map.{pend_at} <= EXCLUDED.{pend_at})
               -- not older than the version already merged (a replayed or re-read payload)
-              AND (record_map.{seen} IS NULL OR record_map.{seen} < EXCLUDED.{pend_at})
+              AND ($6::boolean OR record_map.{seen} IS NULL OR record_map.{seen} < EXCLUDED.{pend_at})
             """,
             (
                 entity,
@@ -204,6 +207,7 @@ class PairStore:
                 [o.match_key for o in batch],
                 [o.body for o in batch],
                 [o.updated_at for o in batch],
+                reread,
             ),
         )
 
