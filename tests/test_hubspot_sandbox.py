@@ -729,6 +729,32 @@ async def test_admin_endpoints_seed_edit_and_list_hubspot_objects(hubspot: HubSp
     assert hubspot.requests == {}  # the admin endpoints are not counted
 
 
+async def test_a_test_in_another_process_turns_the_hubspot_knobs(hubspot: HubSpotSandbox) -> None:
+    hubspot.limiter.monotonic = Monotonic()
+    knobs = f"{hubspot.admin_url}/hubspot"
+    auth = {"Authorization": f"Bearer {hubspot.api_key}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.put(
+            knobs, json={"search_lag": 5, "limits": {"ten_second": 1}, "expires_in": 90}
+        ) as answer:
+            assert answer.status == 200
+            settings = await answer.json()
+        assert (settings["search_lag"], settings["limits"]["ten_second"], settings["expires_in"]) == (
+            5.0,
+            1,
+            90,
+        )
+        assert hubspot.search_lag == 5.0 and hubspot.oauth.expires_in == 90
+        statuses = []
+        for _ in range(2):
+            async with http.get(f"{hubspot.url}/crm/v3/objects/deals", headers=auth) as answer:
+                statuses.append(answer.status)
+        assert statuses == [200, 429]
+        async with http.put(knobs, json={"search_lagg": 1}) as answer:
+            assert answer.status == 400
+            assert "search_lagg" in (await answer.json())["message"]
+
+
 # ----- the runner ---------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ What it imitates and what not: docs/hubspot-sandbox.md.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Callable, Mapping
 from typing import ClassVar
@@ -29,7 +30,14 @@ from crmsyncd.sandbox.base import SandboxServer, _path_template
 from crmsyncd.sandbox.hubspot import objects
 from crmsyncd.sandbox.hubspot.associations import association_routes
 from crmsyncd.sandbox.hubspot.batch import BatchPolicy, batch_routes
-from crmsyncd.sandbox.hubspot.errors import HubSpotError, expired, json_answer, server_error, unauthenticated
+from crmsyncd.sandbox.hubspot.errors import (
+    HubSpotError,
+    expired,
+    json_answer,
+    server_error,
+    unauthenticated,
+    validation,
+)
 from crmsyncd.sandbox.hubspot.oauth import OAuthApp, oauth_routes
 from crmsyncd.sandbox.hubspot.properties import already_exists, definition_from_request
 from crmsyncd.sandbox.hubspot.ratelimit import AccountLimiter, Limits, rate_limited
@@ -202,7 +210,55 @@ class HubSpotSandbox(SandboxServer):
         routes += association_routes(self, "contacts", "deals")
         app.router.add_routes([_answering(route) for route in routes])
         app.router.add_routes(admin_routes(self))
+        app.router.add_routes(
+            [
+                web.get(f"{ADMIN_PREFIX}/hubspot", self._admin_settings, allow_head=False),
+                web.put(f"{ADMIN_PREFIX}/hubspot", self._admin_settings),
+            ]
+        )
         return app
+
+    async def _admin_settings(self, request: web.Request) -> web.StreamResponse:
+        """`GET|PUT /__sandbox/hubspot`: the knobs a test in another process turns. PUT takes any of
+        `search_lag` (seconds), `limits` ({field of Limits: value or null}), `expires_in`,
+        `rotate_refresh_tokens`, `expire_tokens` (true: every access token expires now)."""
+        if request.method == "PUT":
+            try:
+                self._apply_settings(await objects.json_body(request))
+            except HubSpotError as error:
+                return error.response()
+        limits = self.limits
+        return json_answer(
+            {
+                "search_lag": self.search_lag,
+                "limits": {name: getattr(limits, name) for name in Limits.__slots__},
+                "expires_in": self.oauth.expires_in,
+                "rotate_refresh_tokens": self.oauth.rotate_refresh_tokens,
+                "portal_id": self.portal_id,
+            }
+        )
+
+    def _apply_settings(self, body: JSON) -> None:
+        unknown = sorted(
+            set(body) - {"search_lag", "limits", "expires_in", "rotate_refresh_tokens", "expire_tokens"}
+        )
+        if unknown:
+            raise validation(f"unknown settings: {', '.join(unknown)}")
+        if "search_lag" in body:
+            self.search_lag = float(_number(body["search_lag"], "search_lag"))
+        for name, value in (body.get("limits") or {}).items():
+            if name not in Limits.__slots__:
+                raise validation(f"unknown limit {name!r}: one of {', '.join(Limits.__slots__)}")
+            if name == "search_headers":
+                setattr(self.limits, name, bool(value))
+            else:
+                setattr(self.limits, name, None if value is None else int(_number(value, name)))
+        if "expires_in" in body:
+            self.oauth.expires_in = int(_number(body["expires_in"], "expires_in"))
+        if "rotate_refresh_tokens" in body:
+            self.oauth.rotate_refresh_tokens = bool(body["rotate_refresh_tokens"])
+        if body.get("expire_tokens"):
+            self.oauth.expire_all(self.now())
 
     def _property_routes(self, object_type: str) -> list[web.RouteDef]:
         base = f"/crm/v3/properties/{object_type}"
@@ -334,9 +390,13 @@ def _answering(route: web.RouteDef) -> web.RouteDef:
 
 
 def _same(given: str, expected: str) -> bool:
-    import hmac
-
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise validation(f"{name} must be a number of at least 0, got {value!r}")
+    return float(value)
 
 
 def _text(value: object) -> str:
