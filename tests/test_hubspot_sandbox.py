@@ -168,6 +168,25 @@ async def test_search_filters_sorts_and_pages_as_the_sdk_reads_them(hubspot: Hub
     assert found.results[1].properties["phone"] == "+49 30 1"
 
 
+async def test_equal_stamps_keep_one_order_across_pages(hubspot: HubSpotSandbox) -> None:
+    """A client that re-anchors on the last stamp it read (GTE) needs equal stamps in one stable
+    order: the sandbox gives them in id order, page after page."""
+    same = (START + timedelta(seconds=5)).isoformat()
+    seeded = hubspot.seed(
+        "contacts",
+        [{"properties": {"email": f"tie{i:03d}@example.com"}, "updatedAt": same} for i in range(250)],
+    )
+    api = client(hubspot).crm.contacts.search_api
+    everyone = [Filter(property_name="lastmodifieddate", operator="GTE", value=same)]
+    first = await call(api.do_search, public_object_search_request=search_request(everyone))
+    rest = await call(
+        api.do_search, public_object_search_request=search_request(everyone, after=first.paging.next.after)
+    )
+    read = [r.id for r in first.results + rest.results]
+    assert read == sorted((r["id"] for r in seeded), key=int)
+    assert rest.paging is None
+
+
 async def test_search_refuses_to_page_beyond_ten_thousand_results(hubspot: HubSpotSandbox) -> None:
     seed_contacts(hubspot, 10_050, step_seconds=0.001)
     api = client(hubspot).crm.contacts.search_api
@@ -343,6 +362,36 @@ async def test_batch_create_read_update_upsert_and_archive(hubspot: HubSpotSandb
     with pytest.raises(ContactsApiException) as archived:
         await call(basic.get_by_id, ids["b0@example.com"])
     assert archived.value.status == 404
+
+
+async def test_batch_update_refuses_the_whole_batch_for_a_bad_value_and_lists_pages(
+    hubspot: HubSpotSandbox,
+) -> None:
+    ids = [r["id"] for r in seed_contacts(hubspot, 12)]
+    sdk = client(hubspot).crm.contacts
+    with pytest.raises(ContactsApiException) as refused:
+        await call(
+            sdk.batch_api.update,
+            batch_input_simple_public_object_batch_input=BatchInputSimplePublicObjectBatchInput(
+                inputs=[
+                    {"id": ids[0], "properties": {"firstname": "Changed"}},
+                    {"id": ids[1], "properties": {"email": "not an email"}},
+                ]
+            ),
+        )
+    assert refused.value.status == 400
+    assert body_of(refused.value)["errors"][0]["code"] == "INVALID_EMAIL"
+    assert hubspot.get_record("contacts", ids[0])["properties"]["firstname"] == "P0"  # type: ignore[index]
+
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        page = await call(sdk.basic_api.get_page, limit=5, after=after)
+        pages.append([r.id for r in page.results])
+        if page.paging is None:
+            break
+        after = page.paging.next.after
+    assert pages == [ids[:5], ids[5:10], ids[10:]]
 
 
 async def test_batch_create_is_all_or_nothing_unless_inputs_carry_trace_ids(hubspot: HubSpotSandbox) -> None:
