@@ -238,14 +238,14 @@ async def test_a_parked_record_fixed_at_its_source_syncs_and_its_row_is_resolved
     assert crm.records("contacts") == []
     assert len(await open_errors(app)) == 2
 
-    # Replayed, the parked copies read no better: the copy with replaced text says so, and is
-    # not synced with U+FFFD in place of what its source holds.
+    # Replayed, they are read again at their source, which holds them no better: the NUL is
+    # named, and nothing is synced with U+FFFD in place of what its source holds.
     assert await app.engine.errors.replay(None) == 2
     retried = await app.engine.retry_pass(app.entities)
     assert retried.counts.writes == 0 and crm.records("contacts") == []
     rows = await open_errors(app)
     assert {r["status"] for r in rows.values()} == {"dead"}
-    assert "replaced in this copy" in rows[("contacts", "ecosire", nul["id"])]["reason"]
+    assert "U+0000 (NUL)" in rows[("contacts", "ecosire", nul["id"])]["reason"]
 
     eco.edit("contacts", nameless["id"], name="Named Now")
     eco.edit("contacts", nul["id"], name="Clean Now")

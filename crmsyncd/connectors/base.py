@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -133,6 +134,13 @@ class Connector(Protocol):
 
     async def get(self, resource: str, record_id: str) -> JSON:
         """One record; ConnectorError(NOT_FOUND) when it is gone."""
+
+    async def get_many(self, resource: str, record_ids: Sequence[str]) -> dict[str, JSON]:
+        """The records of these ids, keyed by the id asked for; an id absent from the answer is
+        gone (deleted on this side). Any other failure raises ConnectorError, as `get` does.
+        APIs without a batch read (ECOSIRE, the REST CRM) send one GET per id, a few at a time,
+        paced like every other request (connectors/collection.py); an API that has one uses it
+        (HubSpot's batch read endpoint, for the connector to come)."""
 
     async def create(self, resource: str, body: JSON) -> JSON:
         """The created record, with its new id."""

@@ -103,7 +103,9 @@ class ErrorStore:
                         $7::text[], $8::bool[])
                  AS u(entity, side, rid, map_id, payload, reason, cls, final)
             ON CONFLICT (entity, side, record_id) WHERE status <> 'resolved' DO UPDATE SET
-                attempts = e.attempts + 1,
+                -- A dead row's record may fail again (an edit re-read by a sync pass merges it
+                -- once more): it stays dead, and its count never passes the limit.
+                attempts = least(e.attempts + 1, greatest($9, e.attempts)),
                 map_id = coalesce(EXCLUDED.map_id, e.map_id),
                 payload = EXCLUDED.payload,
                 reason = EXCLUDED.reason,
@@ -167,9 +169,80 @@ class ErrorStore:
                 list(ids),
             )
 
+    def resolve_gone_statement(self, notes: Sequence[tuple[int, str]]) -> Statement | None:
+        """Rows whose record was deleted at its source while parked: resolved, nothing retried,
+        the note saying so put before the reason they were parked for."""
+        if not notes:
+            return None
+        return Statement(
+            """
+            UPDATE sync_error e SET status = 'resolved', resolved_at = now(), updated_at = now(),
+                   reason = u.note || '; it was parked for: ' || e.reason
+            FROM unnest($1::bigint[], $2::text[]) AS u(id, note)
+            WHERE e.id = u.id AND e.status <> 'resolved'
+            """,
+            ([row_id for row_id, _ in notes], [note for _, note in notes]),
+        )
+
+    async def wake_dependents(self, entity: str, refs: Sequence[tuple[Side, str, str]]) -> int:
+        """Rows of `entity` parked because a reference could not be resolved (a deal whose
+        contact was not linked), whose references all resolve now and at least one of whose
+        referenced records was linked or changed since the row was last parked: due now, with a
+        fresh attempt budget, since the reason they failed is gone. `refs` holds, per side, the
+        field holding a reference there (in that side's own record) and the entity it names.
+        A row retried and parked again is not woken again until a referenced record changes
+        once more. Returns how many rows were woken."""
+        if not refs:
+            return 0
+        woken: int = await self.pool.fetchval(
+            """
+            WITH parked AS (
+                SELECT e.id, e.side, e.updated_at,
+                       coalesce(CASE e.side WHEN 'ecosire' THEN m.ecosire_pending
+                                            ELSE m.crm_pending END, e.payload) AS body
+                FROM sync_error e LEFT JOIN record_map m ON m.id = e.map_id
+                WHERE e.entity = $1 AND e.error_class = 'unresolved_reference'
+                  AND e.status IN ('pending', 'dead')
+            ), wanted AS (
+                SELECT p.id, p.updated_at, r.side, r.ref_entity, p.body ->> r.field AS rid
+                FROM parked p
+                JOIN unnest($2::text[], $3::text[], $4::text[]) AS r(side, field, ref_entity)
+                  ON r.side = p.side
+                WHERE coalesce(p.body ->> r.field, '') <> ''
+            ), ready AS (
+                -- The same test as reference translation (PairStore.counterparts): the
+                -- referenced record has a counterpart on the other side.
+                SELECT w.id FROM wanted w
+                LEFT JOIN LATERAL (
+                    SELECT d.updated_at FROM record_map d
+                    WHERE w.side = 'ecosire' AND d.entity = w.ref_entity AND d.ecosire_id = w.rid
+                      AND d.crm_id IS NOT NULL
+                    UNION ALL
+                    SELECT d.updated_at FROM record_map d
+                    WHERE w.side = 'crm' AND d.entity = w.ref_entity AND d.crm_id = w.rid
+                      AND d.ecosire_id IS NOT NULL
+                ) d ON true
+                GROUP BY w.id
+                HAVING bool_and(d.updated_at IS NOT NULL) AND bool_or(d.updated_at > w.updated_at)
+            ), woken AS (
+                UPDATE sync_error e SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                       updated_at = now()
+                FROM ready WHERE e.id = ready.id
+                RETURNING e.id)
+            SELECT count(*) FROM woken
+            """,
+            entity,
+            [side.value for side, _, _ in refs],
+            [field for _, field, _ in refs],
+            [ref_entity for _, _, ref_entity in refs],
+        )
+        return woken
+
     async def resolve_settled(self, ids: Sequence[int]) -> int:
         """Of these rows, resolve those whose pair is now settled (by a merge just now or a pass
-        meanwhile); returns how many of them are resolved."""
+        meanwhile); returns how many of them are resolved. Rows whose pair was deleted meanwhile
+        are closed: a delete flag (a replayed one) is dead again, the record of the deletion;
+        any other row is resolved, saying so, since a deleted pair is never written again."""
         done: int = await self.pool.fetchval(
             """
             WITH settled AS (
@@ -177,6 +250,18 @@ class ErrorStore:
                 FROM record_map m
                 WHERE e.id = ANY($1::bigint[]) AND e.status <> 'resolved' AND e.map_id = m.id
                   AND m.state = 'ok' AND m.ecosire_pending IS NULL AND m.crm_pending IS NULL
+                RETURNING e.id
+            ), closed AS (
+                UPDATE sync_error e SET updated_at = now(),
+                    status = CASE WHEN e.error_class = 'deleted' THEN 'dead' ELSE 'resolved' END,
+                    resolved_at = CASE WHEN e.error_class = 'deleted' THEN NULL ELSE now() END,
+                    reason = CASE WHEN e.error_class = 'deleted' THEN e.reason
+                                  ELSE 'its record was deleted on ' || coalesce(m.deleted_side, '?')
+                                       || ' meanwhile: nothing to retry; it was parked for: '
+                                       || e.reason END
+                FROM record_map m
+                WHERE e.id = ANY($1::bigint[]) AND e.status = 'pending' AND e.map_id = m.id
+                  AND m.state = 'deleted'
                 RETURNING e.id)
             SELECT (SELECT count(*) FROM settled)
                  + (SELECT count(*) FROM sync_error WHERE id = ANY($1::bigint[]) AND status = 'resolved')
