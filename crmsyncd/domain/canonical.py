@@ -7,7 +7,14 @@ Reading a body is also where bad input is caught, each problem naming the field 
 it: a required field missing, null or blank; a wrong type; text too long to be a field value
 (`MAX_TEXT_LENGTH`) or holding what no store can keep (U+0000, an unpaired surrogate). Valid text
 is never altered: emoji, right-to-left scripts, combining marks and NFC or NFD forms pass byte for
-byte; only the match key is normalised, to compare."""
+byte. The match key alone is written without its surrounding blanks (`key_text`, which
+`normalise_key` builds on): an address typed with a space matches without it, so it is written
+without it too (ECOSIRE refuses a padded email); it is case-folded and NFC-normalised only to
+compare. Read, it keeps its blanks, so that the side holding them differs from the other and is
+written the trimmed value by the merge.
+
+A field whose key is absent from a body is absent from its values, never None: the merge takes it
+as unknown (nothing to copy, nothing to erase), where a null is a value."""
 
 from __future__ import annotations
 
@@ -39,13 +46,19 @@ class UnresolvedReference(Exception):
         self.field = field
 
 
+def key_text(value: Any) -> Any:
+    """The match key's value as it is written: without the surrounding blanks no address holds.
+    Anything but text is returned as it is."""
+    return value.strip() if isinstance(value, str) else value
+
+
 def normalise_key(value: Any) -> str | None:
     """The natural key: trimmed, case-folded and in one Unicode normal form (NFC), so that the
     same address typed with a precomposed or a combining accent is one key; empty is no key."""
     if not isinstance(value, str):
         return None
     # Canonical caseless matching (Unicode, D145): fold the decomposed form, then recompose.
-    text = unicodedata.normalize("NFC", unicodedata.normalize("NFD", value.strip()).casefold())
+    text = unicodedata.normalize("NFC", unicodedata.normalize("NFD", key_text(value)).casefold())
     return text or None
 
 
@@ -108,6 +121,8 @@ def canonicalize(entity: EntitySpec, side: Side, body: JSON, refs: RefTable) -> 
         raw = body.get(name)
         if spec.required and (missing := _missing(body, name, raw)) is not None:
             raise BadRecord(name, missing)
+        if name not in body:
+            continue  # unknown, not empty: see the module's docstring
         if spec.name == entity.match_key and raw is not None and not isinstance(raw, str):
             # A match key that is not text could never be matched: a duplicate in waiting.
             raise BadRecord(name, f"expected a string (the match key), got {_kind(raw)}")
@@ -126,7 +141,9 @@ def to_remote(entity: EntitySpec, side: Side, values: Mapping[str, Any], refs: R
     body: JSON = {}
     for name, value in values.items():
         spec = entity.field(name)
-        body[spec.remote_name(side)] = _from_canonical(spec, side, value, refs)
+        # A create sends the source's values as read: its key is written as it matches.
+        written = key_text(value) if name == entity.match_key else value
+        body[spec.remote_name(side)] = _from_canonical(spec, side, written, refs)
     return body
 
 

@@ -238,7 +238,11 @@ class PairWorker:
             if intended and base is not None:
                 # A write of ours that landed before its bookkeeping was lost (a kill): where the
                 # side now holds what we meant to write, that is the base, not a user's change.
-                base = {**base, **{f: values[f] for f, vs in intended.items() if values.get(f) in vs}}
+                # A field the record did not show is unknown: it proves nothing either way.
+                base = {
+                    **base,
+                    **{f: values[f] for f, vs in intended.items() if f in values and values[f] in vs},
+                }
             return SideView(values, base, pair.pending_at(side))
         return SideView(base or {}, base, pair.seen_at(side))
 
