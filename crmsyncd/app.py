@@ -190,7 +190,6 @@ async def open_app(
                 EngineSettings(
                     workers=settings.workers,
                     queue_size=settings.queue_size,
-                    page_size=100,
                     overlap=timedelta(seconds=settings.overlap),
                     delete_guard=settings.delete_guard,
                     reconcile_budget=settings.reconcile_budget,

@@ -24,7 +24,7 @@ from crmsyncd.domain.canonical import MAX_TEXT_LENGTH, canonicalize, key_text, n
 from crmsyncd.domain.mapping import load_mapping
 from crmsyncd.domain.merge import SideView, merge
 from crmsyncd.domain.records import BadRecord, Side
-from crmsyncd.engine.stage import REPLACED_KEY
+from crmsyncd.domain.storable import REPLACED_KEY
 from crmsyncd.sandbox import CrmSandbox, EcosireSandbox
 from crmsyncd.sandbox.base import SandboxServer
 

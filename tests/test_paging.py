@@ -30,12 +30,13 @@ from structlog.testing import capture_logs
 
 from crmsyncd.app import App, open_app
 from crmsyncd.config import load_settings
-from crmsyncd.connectors.base import Connector
+from crmsyncd.connectors.collection import CollectionConnector
 from crmsyncd.connectors.ecosire import EcosireConnector, EcosireSettings
 from crmsyncd.connectors.http import make_session
+from crmsyncd.connectors.paging import read_changes
+from crmsyncd.connectors.port import PagingLoop
 from crmsyncd.connectors.rest import RestConnector, RestSettings
 from crmsyncd.domain.records import JSON, Side, format_timestamp, parse_timestamp
-from crmsyncd.engine.pager import PagingLoop, read_changes
 from crmsyncd.sandbox import CrmSandbox, EcosireSandbox, SandboxServer
 from tests.conftest import TickingClock, by_email
 
@@ -156,7 +157,7 @@ Read = list[tuple[str, datetime, JSON]]
 
 
 async def read_pass(
-    connector: Connector, resource: str, since: datetime | None = None, page_size: int = 100
+    connector: CollectionConnector, resource: str, since: datetime | None = None, page_size: int = 100
 ) -> Read:
     """One pass of the pager: every record it yields, in order."""
     got: Read = []
@@ -273,7 +274,9 @@ async def test_a_same_stamp_block_edited_while_stepped_through(
     bulk = T0 - timedelta(minutes=30)
     block = [{**r, "updatedAt": format_timestamp(bulk)} for r in eco_people(2500)]
 
-    async def scenario(server: HookedEcosire, read: Callable[[Connector], Any]) -> tuple[Any, Editor]:
+    async def scenario(
+        server: HookedEcosire, read: Callable[[CollectionConnector], Any]
+    ) -> tuple[Any, Editor]:
         server.seed("contacts", block)
         server.clock = TickingClock(T0, MS)
         editor = Editor(
@@ -287,7 +290,7 @@ async def test_a_same_stamp_block_edited_while_stepped_through(
     no_repeats(got)
     assert len(editor.edited) == 60
 
-    async def plain_stepping(connector: Connector) -> set[str]:
+    async def plain_stepping(connector: CollectionConnector) -> set[str]:
         seen: set[str] = set()
         page = 1
         while True:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from crmsyncd.domain.records import JSON, Side
+
+if TYPE_CHECKING:  # port.py builds on this module's types
+    from crmsyncd.connectors.port import FeedPage
 
 
 class Outcome(StrEnum):
@@ -22,6 +25,13 @@ class Outcome(StrEnum):
     NOT_FOUND = "not_found"  # 404: the mapping is stale, deleted on that side
     CONFLICT = "conflict"  # 409: a unique value (email) is taken: link instead of create
     AUTH_FAILED = "auth_failed"  # 401/403: stop the pass, retrying will not help
+    # The API says the access token has expired (HubSpot: 401 EXPIRED_AUTHENTICATION). Handled
+    # inside ApiClient (renew once, repeat the request); the engine never sees it: a second
+    # refusal reaches it as AUTH_FAILED.
+    REFRESH_AUTH = "refresh_auth"
+    # A quota that will not refill within the pass (HubSpot's daily limit, 429 policyName DAILY):
+    # stop the pass as for AUTH_FAILED, park nothing (the records are fine), resume next pass.
+    QUOTA_EXHAUSTED = "quota_exhausted"
 
 
 class ConnectorError(Exception):
@@ -59,7 +69,7 @@ class Page:
     total_pages: int
     total: int
     # The server's front-end clock (its Date header). Never used to place a cursor: a front end and
-    # its database may disagree (engine/pager.py); kept for diagnostics and the connector tests.
+    # its database may disagree (connectors/paging.py); kept for diagnostics and the connector tests.
     server_time: datetime | None = None
 
 
@@ -127,10 +137,12 @@ class Connector(Protocol):
         its account only when asked (HubSpot's portal id, from GET /account-info/v3/details) makes
         that one request here; the others answer from their settings, without a request."""
 
-    async def list_page(
-        self, resource: str, *, updated_after: datetime | None, page: int, limit: int
-    ) -> Page:
-        """Records changed strictly after `updated_after`, sorted by updated-at ascending."""
+    def changes(
+        self, resource: str, *, since: datetime | None, max_requests: int | None = None
+    ) -> AsyncGenerator[FeedPage, None]:
+        """The change feed (connectors/port.py `ChangeFeed`): pages of records changed strictly
+        after `since`, each with the checkpoint it makes safe."""
+        ...
 
     async def get(self, resource: str, record_id: str) -> JSON:
         """One record; ConnectorError(NOT_FOUND) when it is gone."""

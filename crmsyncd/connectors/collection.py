@@ -4,12 +4,14 @@ listed through the envelope {"data": [...], "meta": {"total", "page", "limit", "
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from crmsyncd.connectors.base import ConnectorError, Outcome, Page, RequestStats
 from crmsyncd.connectors.http import ApiClient, ApiResponse, MalformedResponse, path_segment
+from crmsyncd.connectors.paging import MAX_REQUESTS, read_changes
+from crmsyncd.connectors.port import FeedPage
 from crmsyncd.domain.canonical import normalise_key
 from crmsyncd.domain.records import JSON, Side
 
@@ -139,6 +141,14 @@ class CollectionConnector:
             kind="lists",
             params=self.list_params(updated_after=updated_after, page=page, limit=limit),
             parse=parse_page,
+        )
+
+    def changes(
+        self, resource: str, *, since: datetime | None, max_requests: int | None = None
+    ) -> AsyncGenerator[FeedPage, None]:
+        """The page-number feed (connectors/paging.py) over this API's list."""
+        return read_changes(
+            self, resource, since=since, page_size=self.page_size, max_requests=max_requests or MAX_REQUESTS
         )
 
     async def get(self, resource: str, record_id: str) -> JSON:

@@ -29,11 +29,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from crmsyncd.connectors.base import Connector
+from crmsyncd.connectors.port import FeedPage
 from crmsyncd.domain.mapping import EntitySpec, FieldSpec, MappingSpec, Transform
 from crmsyncd.domain.records import JSON, Side
 from crmsyncd.engine.context import EngineContext
 from crmsyncd.engine.counts import PassCounts
-from crmsyncd.engine.pager import PageOfChanges
 from crmsyncd.engine.sync import FullRead, sync_entity
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import Pool
@@ -188,7 +188,7 @@ async def reread(
         + (f"{', '.join(fields)} merged as on a first link" if fields else "every field merged anew"),
     )
 
-    async def on_page(side: Side, page: PageOfChanges) -> None:
+    async def on_page(side: Side, page: FeedPage) -> None:
         outcome.read[side.value] += len(page.records) + len(page.unusable)
         if page.total is not None:
             outcome.total.setdefault(side.value, page.total)

@@ -25,7 +25,6 @@ from crmsyncd.store.sweeps import SweepStore
 class EngineSettings:
     workers: int = 32  # split evenly between the two target APIs
     queue_size: int = 200
-    page_size: int = 100
     overlap: timedelta = timedelta(seconds=2)
     claim_batch: int = 100
     flush_size: int = 100
@@ -54,10 +53,3 @@ class EngineContext:
         self.stager = Stager(pool, self.pairs, self.cursors, self.errors)
         # Set by a signal: pagers stop after their page, workers after their record.
         self.stopping = asyncio.Event()
-
-    def page_size(self, connector: Connector) -> int:
-        """Each API pages by its own size (CRM_PAGE_SIZE for the CRM); the engine's is a fallback."""
-        page_size = getattr(connector, "page_size", None)
-        if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
-            return self.settings.page_size
-        return page_size

@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from crmsyncd.connectors.base import Connector
+from crmsyncd.connectors.port import PagingLoop
 from crmsyncd.domain.canonical import RefTable, UnresolvedReference, Values, canonicalize, normalise_key
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import JSON, BadRecord, Side, parse_timestamp
-from crmsyncd.engine.pager import PagingLoop, read_changes
 from crmsyncd.store.pairs import Pair
 
 # How far before the earliest unfinished claim the scan starts: covers the clock skew between our
@@ -46,7 +46,6 @@ async def scan_for_creates(
     *,
     max_requests: int,
     taken: Callable[[list[str]], Awaitable[set[str]]],
-    page_size: int = 100,
 ) -> ScanResult:
     """`doubts`: each pair with the values its create would have sent to `target`. `taken`
     tells which ids of a page are already linked to a pair: those are nobody's lost copy."""
@@ -66,9 +65,7 @@ async def scan_for_creates(
             by_content[names][_fingerprint(values, names)].append(pair.id)
     claimed = [p.claimed_at for p, _ in doubts if p.claimed_at is not None]
     since = (min(claimed) if claimed else datetime.now(UTC)) - LOOKUP_WINDOW
-    pages = read_changes(
-        connector, entity.resource(target), since=since, page_size=page_size, max_requests=max_requests
-    )
+    pages = connector.changes(entity.resource(target), since=since, max_requests=max_requests)
     # Records created since the window opened that no doubt matched exactly: a copy we made and a
     # user edited before we could look for it is among them.
     fresh: list[tuple[JSON, Values]] = []

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from crmsyncd.connectors.base import Connector, ConnectorError, Outcome
+from crmsyncd.connectors.port import PagingLoop
 from crmsyncd.domain.fieldcheck import (
-    SAMPLE_SIZE,
     FieldSample,
     Problem,
     check_entity,
@@ -95,13 +96,16 @@ class FieldWatch:
         waits for the next pass rather than fail an entity whose sync went well)."""
         connector = self.ctx.connectors[self.side]
         resource = self.entity.resource(self.side)
-        limit = self.ctx.page_size(connector)
         try:
-            for number in range(1, _MAX_START_PAGES + 1):
-                page = await connector.list_page(resource, updated_after=None, page=number, limit=limit)
-                self.sample.add(page.records)
-                if self.sample.full or not page.records or number >= page.total_pages:
-                    return True
+            pages = connector.changes(resource, since=None, max_requests=_MAX_START_PAGES)
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    self.sample.add([body for _, _, body in page.records])
+                    self.sample.add([body for body, _ in page.unusable])
+                    if self.sample.full:
+                        return True
+        except PagingLoop:
+            return True  # the pages it allowed were read: the sample is what they held
         except ConnectorError as exc:
             if exc.outcome is Outcome.AUTH_FAILED:
                 raise
@@ -177,18 +181,23 @@ async def check_mapping(connectors: Mapping[Side, Connector], entities: Sequence
         for side in Side:
             connector = connectors[side]
             resource = entity.resource(side)
-            page = await connector.list_page(
-                resource, updated_after=None, page=1, limit=_page_size(connector)
-            )
-            pages[side] = page.records
-            report.sides.append(SideRead(entity.name, side, resource, len(page.records)))
+            pages[side] = await _first_page(connector, resource)
+            report.sides.append(SideRead(entity.name, side, resource, len(pages[side])))
         report.problems.extend(
             check_entity(entity, pages, {side: connectors[side].id_field for side in Side})
         )
     return report
 
 
-def _page_size(connector: Connector) -> int:
-    # The connector's own page size (CRM_PAGE_SIZE for the CRM), as a sync's pages have.
-    size = getattr(connector, "page_size", None)
-    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else SAMPLE_SIZE
+async def _first_page(connector: Connector, resource: str) -> list[JSON]:
+    """The records of the feed's first page (its oldest), in one list request."""
+    pages = connector.changes(resource, since=None, max_requests=1)
+    async with contextlib.aclosing(pages):
+        try:
+            async for page in pages:
+                records = [body for _, _, body in page.records] + [body for body, _ in page.unusable]
+                if records or page.complete:
+                    return records
+        except PagingLoop:
+            pass  # a second request was needed for more: one page is what the check reads
+    return []

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from crmsyncd.connectors.base import ConnectorError, Outcome
+from crmsyncd.connectors.port import PagingLoop
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import Side
 from crmsyncd.engine.apply import DeleteGuard, DeleteGuardTripped, PairWorker
 from crmsyncd.engine.buffer import ResultBuffer
 from crmsyncd.engine.context import EngineContext
 from crmsyncd.engine.counts import PassCounts
-from crmsyncd.engine.pager import PagingLoop, read_changes
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.pairs import Pair
 
@@ -49,13 +49,7 @@ class Reconciler:
         connector = engine.connectors[side]
         sweep = run_id * 2 + (0 if side is Side.ECOSIRE else 1)
         began = await engine.pairs.database_time()
-        pages = read_changes(
-            connector,
-            entity.resource(side),
-            since=None,
-            page_size=engine.page_size(connector),
-            max_requests=self.budget,
-        )
+        pages = connector.changes(entity.resource(side), since=None, max_requests=self.budget)
         try:
             async for page in pages:
                 if page.records:

@@ -60,7 +60,6 @@ async def resolve_doubts(ctx: EngineContext, entity: EntitySpec, counts: PassCou
                 refs,
                 max_requests=ctx.settings.reconcile_budget,
                 taken=functools.partial(ctx.pairs.linked_ids, entity.name, target),
-                page_size=ctx.page_size(connector),
             )
         except ConnectorError as exc:
             if exc.outcome is Outcome.AUTH_FAILED:

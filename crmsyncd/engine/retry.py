@@ -18,13 +18,13 @@ from datetime import datetime
 from crmsyncd.connectors.base import ConnectorError, Outcome
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import JSON, BadRecord, Side, parse_timestamp, record_key
+from crmsyncd.domain.storable import anonymous_id
 from crmsyncd.engine.apply import Deleted, DeleteGuard, PairWorker
 from crmsyncd.engine.context import EngineContext
 from crmsyncd.engine.counts import PassCounts
 from crmsyncd.engine.merge import merge
 from crmsyncd.engine.passes import EntityJob
 from crmsyncd.engine.recover import resolve_doubts
-from crmsyncd.engine.stage import anonymous_id
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import execute_atomically
 from crmsyncd.store.errors import ErrorClass, ErrorRow, Failure

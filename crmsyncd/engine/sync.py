@@ -1,5 +1,5 @@
 """The sync job, per entity in dependency order: the doubts of earlier passes are looked up, both
-sides' pagers stage their changes concurrently, then the pairs are linked and merged
+sides' change feeds stage their changes concurrently, then the pairs are linked and merged
 (engine/merge.py). A backfill or a resync (engine/backfill.py) reads both sides in full instead
 (`FullRead`)."""
 
@@ -13,14 +13,13 @@ from datetime import timedelta
 
 from structlog.contextvars import bound_contextvars
 
+from crmsyncd.connectors.port import TICK, FeedPage, PagingLoop
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import Side
 from crmsyncd.engine.context import EngineContext
 from crmsyncd.engine.counts import PassCounts
 from crmsyncd.engine.fieldcheck import FieldWatch, field_watches
 from crmsyncd.engine.merge import merge
-from crmsyncd.engine.pager import TICK as PAGER_TICK
-from crmsyncd.engine.pager import PageOfChanges, PagingLoop, read_changes
 from crmsyncd.engine.recover import resolve_doubts
 from crmsyncd.engine.stage import Cursor
 from crmsyncd.observability.logging import get_logger
@@ -34,7 +33,7 @@ class FullRead:
     read staged, even one not newer than the version last merged: a re-read of what the delta
     reads saw already (staging would drop it as old)."""
 
-    on_page: Callable[[Side, PageOfChanges], Awaitable[None]]  # after each page is staged
+    on_page: Callable[[Side, FeedPage], Awaitable[None]]  # after each page is staged
     complete: set[Side] = field(default_factory=set)  # the sides read to their list's end
 
 
@@ -86,9 +85,9 @@ async def _read(
     settles = False
     overlap = ctx.settings.overlap
     if cursor is not None and full is None:
-        since = cursor.updated_at - (timedelta(0) if cursor.window_settled else overlap) - PAGER_TICK
+        since = cursor.updated_at - (timedelta(0) if cursor.window_settled else overlap) - TICK
         settles = not cursor.window_settled and cursor.age >= overlap.total_seconds()
-    pages = read_changes(connector, entity.resource(side), since=since, page_size=ctx.page_size(connector))
+    pages = connector.changes(entity.resource(side), since=since)
     complete = False
     try:
         async with contextlib.aclosing(pages):
@@ -103,7 +102,7 @@ async def _read(
                     page.records,
                     page.unusable,
                     counts,
-                    Cursor(*page.cursor) if page.cursor else None,
+                    Cursor(page.checkpoint.stamp, page.checkpoint.record_id) if page.checkpoint else None,
                     id_field=connector.id_field,
                     reread=full is not None,
                 )

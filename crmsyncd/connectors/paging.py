@@ -1,6 +1,6 @@
-"""Delta reads that lose nothing to paging over a changing list.
+"""The page-number change feed: delta reads that lose nothing to paging over a changing list.
 
-Both APIs page by number over a list computed afresh for every request, sorted by updated-at:
+ECOSIRE and the REST CRM page by number over a list computed afresh for every request, sorted by updated-at:
 a record updated while we page moves to the end and shifts the others down, so plain page
 numbers skip records. Three techniques keep every record:
 
@@ -40,18 +40,19 @@ form of both APIs).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import pairwise
+from typing import Protocol
 
-from crmsyncd.connectors.base import Connector, Page
-from crmsyncd.domain.records import JSON, BadRecord, format_timestamp, parse_timestamp, record_key
-from crmsyncd.engine.stage import anonymous_id
+from crmsyncd.connectors.base import Page
+from crmsyncd.connectors.port import TICK, Checkpoint, FeedPage, PagingLoop
+from crmsyncd.domain.records import JSON, BadRecord, Side, format_timestamp, parse_timestamp, record_key
+from crmsyncd.domain.storable import anonymous_id
 from crmsyncd.observability.logging import get_logger
 
 log = get_logger()
 
-TICK = timedelta(milliseconds=1)
 # Verification sweeps of one block before the pass gives up on it (each costs the block's pages).
 MAX_BLOCK_SWEEPS = 10
 # A last resort against a server whose list never ends; the logic above terminates without it.
@@ -61,27 +62,16 @@ MAX_REQUESTS = 1_000_000
 Position = tuple[datetime, str]
 
 
-@dataclass(slots=True)
-class PageOfChanges:
-    """New records of one page, in order, those that cannot even be keyed (no id or stamp), and
-    the cursor this page makes safe (None: it moves nothing)."""
+class PagedList(Protocol):
+    """What the feed needs of an API that lists by page number (connectors/collection.py)."""
 
-    records: list[tuple[str, datetime, JSON]] = field(default_factory=list)
-    unusable: list[tuple[JSON, BadRecord]] = field(default_factory=list)
-    cursor: Position | None = None
-    # Set on the last page of a read that ran to the list's end (not cut short by its budget).
-    complete: bool = False
-    # How many records the list held at its first answer (its `total`), for progress reports.
-    total: int | None = None
+    side: Side
+    id_field: str
+    updated_field: str
 
-    def __bool__(self) -> bool:
-        return bool(self.records or self.unusable or self.cursor or self.complete)
-
-
-class PagingLoop(RuntimeError):
-    """The list did not behave as paging needs (it kept changing, or ignores the page number).
-
-    Everything yielded before it is safe to stage: the cursors yielded pass no unread record."""
+    async def list_page(
+        self, resource: str, *, updated_after: datetime | None, page: int, limit: int
+    ) -> Page: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +94,14 @@ class _SweepEnd:
 
 
 async def read_changes(
-    connector: Connector,
+    connector: PagedList,
     resource: str,
     *,
     since: datetime | None,
     page_size: int,
     max_requests: int = MAX_REQUESTS,
     max_block_sweeps: int = MAX_BLOCK_SWEEPS,
-) -> AsyncGenerator[PageOfChanges, None]:
+) -> AsyncGenerator[FeedPage, None]:
     """Pages of records changed strictly after `since`.
 
     Records come in list order, each (id, stamp) once per pass. Staging a page and saving its
@@ -125,7 +115,7 @@ async def read_changes(
 class _Pager:
     def __init__(
         self,
-        connector: Connector,
+        connector: PagedList,
         resource: str,
         since: datetime | None,
         page_size: int,
@@ -152,7 +142,7 @@ class _Pager:
 
     # -- the normal way: page 1 after an anchor that moves with every page --------------------
 
-    async def pages(self) -> AsyncGenerator[PageOfChanges, None]:
+    async def pages(self) -> AsyncGenerator[FeedPage, None]:
         while True:
             result, rows = await self._fetch(1)
             more = bool(rows) and result.total_pages > 1
@@ -166,15 +156,15 @@ class _Pager:
                 if self._list_ended or self._spent():
                     return
                 continue
-            out = PageOfChanges()
+            out = FeedPage()
             for row in rows:
                 self._take(row, out)
             if not more:
                 # The list ends here: every record of it was read.
-                out.cursor, out.complete = _greatest(rows), True
+                out.checkpoint, out.complete = _checkpoint(_greatest(rows)), True
             elif last is not None:
                 # Records sharing the last stamp may continue on the next page.
-                out.cursor = (last, "")
+                out.checkpoint = Checkpoint(last, "")
             if out:
                 yield out
             if not more or self._spent():
@@ -184,7 +174,7 @@ class _Pager:
 
     # -- a block under one anchor: page numbers, swept until a sweep sees it hold still -------
 
-    async def _block(self, page_one: list[_Row]) -> AsyncGenerator[PageOfChanges, None]:
+    async def _block(self, page_one: list[_Row]) -> AsyncGenerator[FeedPage, None]:
         anchor = self.anchor
         previous: int | None = None
         for sweep in range(self.max_block_sweeps + 1):
@@ -219,17 +209,15 @@ class _Pager:
         if end.end is None:
             # The block held still for a whole sweep and ran to the list's end: all was read.
             self._list_ended = True
-            yield PageOfChanges(cursor=end.last, complete=True)
+            yield FeedPage(checkpoint=_checkpoint(end.last), complete=True)
             return
         if end.last is not None:
             # The block held still for a whole sweep: every member has been read.
-            yield PageOfChanges(cursor=end.last)
+            yield FeedPage(checkpoint=_checkpoint(end.last))
         assert end.end.stamp is not None  # a row ends a block by its stamp
         self._move_anchor(end.end.stamp - TICK)
 
-    async def _sweep(
-        self, page_one: list[_Row] | None, end: _SweepEnd
-    ) -> AsyncGenerator[PageOfChanges, None]:
+    async def _sweep(self, page_one: list[_Row] | None, end: _SweepEnd) -> AsyncGenerator[FeedPage, None]:
         """Pages 1, 2, ... under the current anchor up to the first row that moves the anchor;
         only the block's own rows are taken. Its pages move no cursor: until the block holds
         still, a member not read yet may sort before any of them."""
@@ -243,7 +231,7 @@ class _Pager:
                 result, rows = await self._fetch(page)
                 last_page = page >= result.total_pages
                 self._require_sorted(rows, page)  # positions in a block rely on the order
-            out = PageOfChanges()
+            out = FeedPage()
             stop: int | None = None
             repeats = 0
             for index, row in enumerate(rows):
@@ -338,7 +326,7 @@ class _Pager:
         self.anchor = anchor
         self.recent = {rid: at for rid, at in self.recent.items() if at > anchor}
 
-    def _take(self, row: _Row, out: PageOfChanges) -> bool:
+    def _take(self, row: _Row, out: FeedPage) -> bool:
         """Add the row to `out` unless this pass has it already; True when it was new."""
         if row.error is not None:
             if row.key in self.reported:
@@ -353,6 +341,10 @@ class _Pager:
         out.records.append((row.key, row.stamp, row.body))
         self.taken += 1
         return True
+
+
+def _checkpoint(position: Position | None) -> Checkpoint | None:
+    return None if position is None else Checkpoint(*position)
 
 
 def _greatest(rows: list[_Row]) -> Position | None:
