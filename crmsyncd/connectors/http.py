@@ -22,13 +22,14 @@ import structlog
 import yarl
 from pydantic import SecretStr
 
+from crmsyncd.connectors.auth import AuthStrategy, StaticToken
 from crmsyncd.connectors.base import ConnectorError, Outcome, RequestStats
-from crmsyncd.connectors.pacing import Clock, Pacer, SystemClock, parse_http_date
+from crmsyncd.connectors.pacing import Clock, Pacer, Pacing, SystemClock, parse_http_date
 from crmsyncd.domain.records import Side
 
 log = structlog.get_logger(__name__)
 
-Method = Literal["GET", "POST", "PATCH", "DELETE"]
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 RequestKind = Literal["lists", "reads", "creates", "updates", "deletes", "lookups"]
 T = TypeVar("T")
 
@@ -83,6 +84,24 @@ class MalformedResponse(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class RawAnswer:
+    """A non-2xx answer as received, for an API's own error parser and classifier."""
+
+    status: int
+    reason: str
+    content_type: str
+    body: bytes
+    headers: Mapping[str, str]
+
+
+# The API's message from an error answer (its envelope's wording); default `error_message`.
+ErrorParser = Callable[[RawAnswer], str]
+# An API's own reading of an error answer, where its status alone does not say enough (HubSpot's
+# 401 EXPIRED_AUTHENTICATION, its DAILY 429); None: `classify_status` decides.
+Classifier = Callable[[RawAnswer], Outcome | None]
+
+
+@dataclass(frozen=True, slots=True)
 class _Failure:
     outcome: Outcome
     message: str
@@ -114,6 +133,15 @@ def classify_status(status: int) -> Outcome:
 def _clip(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def clip(text: str) -> str:
+    """Text for the error queue: one line, at most MAX_MESSAGE characters."""
+    return _clip(text)
+
+
+def default_error_message(answer: RawAnswer) -> str:
+    return error_message(answer.body, answer.content_type, answer.status, answer.reason)
 
 
 def error_message(raw: bytes, content_type: str, status: int, reason: str) -> str:
@@ -173,19 +201,28 @@ def _count(stats: RequestStats, kind: RequestKind) -> None:
 
 
 class ApiClient:
-    """Requests to one API with one key: pacing, classification, retries and request counts."""
+    """Requests to one API with one credential: pacing, classification, retries and request counts.
+
+    The credential is an auth strategy (connectors/auth.py); `api_key` and `key_variable` are the
+    shorthand for a static one. An API whose errors have their own envelope gives `error_parser`,
+    one whose status codes say too little gives `classifier`; one with its own rate-limit headers
+    gives its `pacer`, shared by every caller of the connector."""
 
     def __init__(
         self,
         *,
         side: Side,
         base_url: str,
-        api_key: SecretStr,
-        key_variable: str,
         url_variable: str,
         session: aiohttp.ClientSession,
         timeout: float,
         requests_per_minute: int | None,
+        api_key: SecretStr | None = None,
+        key_variable: str = "",
+        auth: AuthStrategy | None = None,
+        error_parser: ErrorParser | None = None,
+        classifier: Classifier | None = None,
+        pacer: Pacing | None = None,
         policy: RetryPolicy | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -198,10 +235,16 @@ class ApiClient:
         self.side = side
         self.base_url = str(url)
         self.stats = RequestStats()
-        self._api_key = api_key
-        # Where the user set the key and the URL: named (never their values) when refused.
-        self._key_variable = key_variable
+        if auth is None:
+            if api_key is None or not key_variable:
+                raise ValueError("an ApiClient needs an auth strategy, or api_key and key_variable")
+            auth = StaticToken(api_key, key_variable)
+        self._auth = auth
+        # Where the user set the URL (the credentials: `auth.variables`): named, never their
+        # values, when refused.
         self._url_variable = url_variable
+        self._error_parser = error_parser or default_error_message
+        self._classifier = classifier
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._policy = policy or RetryPolicy()
@@ -209,7 +252,7 @@ class ApiClient:
         self._rng = rng or random.Random()
         # requests_per_minute is the user's setting (None: not set): a cap on the server's pace and
         # the pace while the server says nothing; see connectors/pacing.py for which wins when.
-        self._pacer = Pacer(
+        self._pacer: Pacing = pacer or Pacer(
             requests_per_minute,
             default_per_minute=DOCUMENTED_PER_MINUTE.get(side),
             clock=self._clock,
@@ -218,13 +261,28 @@ class ApiClient:
             rng=self._rng,
         )
 
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._policy
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def rng(self) -> random.Random:
+        return self._rng
+
     def __repr__(self) -> str:
         return f"ApiClient(side={self.side.value!r}, base_url={self.base_url!r})"
 
     def scrub(self, text: str) -> str:
-        """Remove the key from text, in case a server echoes our headers back in an error."""
-        secret = self._api_key.get_secret_value()
-        return text.replace(secret, _REDACTED) if len(secret) >= 4 else text
+        """Remove every secret of the auth strategy from text, in case a server echoes our
+        headers back in an error."""
+        for secret in self._auth.secrets():
+            if len(secret) >= 4:
+                text = text.replace(secret, _REDACTED)
+        return text
 
     def _backoff(self, failures: int) -> float:
         ceiling = min(self._policy.backoff_cap, self._policy.backoff_base * 2 ** (failures - 1))
@@ -240,9 +298,15 @@ class ApiClient:
         params: Mapping[str, str] | None = None,
         body: Any = None,
         expect_json: bool = True,
+        read: bool | None = None,
+        pacer: Pacing | None = None,
     ) -> T:
-        """One logical call. `path` is already URL-encoded; `parse` may raise MalformedResponse."""
-        is_read = method == "GET"
+        """One logical call. `path` is already URL-encoded; `parse` may raise MalformedResponse.
+        `read`: the call changes nothing, so a transient failure is retried here (default: GET
+        only; a search or batch read POSTs). `pacer`: another pacer than the client's own, for
+        an endpoint the API limits apart (HubSpot's search)."""
+        is_read = method == "GET" if read is None else read
+        pacing = pacer or self._pacer
         try:
             payload = orjson.dumps(body) if body is not None else None
         except orjson.JSONEncodeError as exc:
@@ -251,10 +315,14 @@ class ApiClient:
             raise self._error(failure, method, path) from None
         failures = 0
         limited = 0
+        renewed = False
         while True:
-            seq = await self._pacer.acquire()
+            authorization = await self._signed(method, path)
+            seq = await pacing.acquire()
             _count(self.stats, kind)
-            answer = await self._attempt(method, path, seq, params, payload, expect_json)
+            answer = await self._attempt(
+                method, path, seq, pacing, authorization, params, payload, expect_json
+            )
             if isinstance(answer, ApiResponse):
                 try:
                     return parse(answer)
@@ -263,13 +331,22 @@ class ApiClient:
             else:
                 failure = answer
 
+            if failure.outcome is Outcome.REFRESH_AUTH:
+                # An expired token: nothing was done, so even a write may be repeated, once.
+                if not renewed and await self._renew(authorization, method, path):
+                    renewed = True
+                    self.stats.retried += 1
+                    log.info("auth_renewed", side=self.side.value, method=method, path=path)
+                    continue
+                failure = _Failure(Outcome.AUTH_FAILED, failure.message, failure.status, failure.headers)
+
             if failure.outcome is Outcome.RATE_LIMITED:
                 self.stats.rate_limited += 1
                 limited += 1
                 if limited >= self._policy.rate_limit_tries:
                     raise self._error(failure, method, path, f"still rate limited after {limited} tries")
                 fallback = min(self._policy.backoff_cap, self._policy.backoff_base * 2 ** (limited - 1))
-                wait = self._pacer.on_rate_limited(failure.headers or {}, fallback)
+                wait = pacing.on_rate_limited(failure.headers or {}, fallback)
                 log.info("rate_limited", side=self.side.value, method=method, path=path, wait=wait)
                 self.stats.retried += 1
                 continue
@@ -294,6 +371,24 @@ class ApiClient:
             maybe = failure.outcome is Outcome.RETRY and not is_read and failure.sent
             raise self._error(failure, method, path, committed_maybe=maybe)
 
+    async def _signed(self, method: str, path: str) -> str:
+        try:
+            return await self._auth.authorization()
+        except ConnectorError as exc:
+            raise self._relabel(exc, method, path) from None
+
+    async def _renew(self, refused: str, method: str, path: str) -> bool:
+        try:
+            return await self._auth.renew(refused)
+        except ConnectorError as exc:
+            raise self._relabel(exc, method, path) from None
+
+    def _relabel(self, exc: ConnectorError, method: str, path: str) -> ConnectorError:
+        """A failed token renewal, reported against the request that needed it."""
+        return ConnectorError(
+            exc.outcome, self.scrub(exc.message), side=self.side, status=exc.status, method=method, path=path
+        )
+
     def _error(
         self,
         failure: _Failure,
@@ -317,12 +412,13 @@ class ApiClient:
         )
 
     def _what_to_check(self, status: int | None) -> str:
+        variables = self._auth.variables
         if status == 401:
-            return f"the {self.side.value} API refused the credentials: check {self._key_variable}"
+            return f"the {self.side.value} API refused the credentials: check {variables}"
         if status == 403:
             return (
                 f"the {self.side.value} API accepted the key but refused the request (its role or "
-                f"scopes are too narrow): check the permissions of {self._key_variable}"
+                f"scopes are too narrow): check the permissions of {variables}"
             )
         # No status: the certificate did not verify, before any request was sent.
         return f"the server's TLS certificate does not verify: check {self._url_variable} and the CA bundle"
@@ -332,6 +428,8 @@ class ApiClient:
         method: Method,
         path: str,
         seq: int,
+        pacing: Pacing,
+        authorization: str,
         params: Mapping[str, str] | None,
         payload: bytes | None,
         expect_json: bool,
@@ -341,8 +439,8 @@ class ApiClient:
         headers = {"Accept": "application/json"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        # The key goes into the header and nowhere else; it is never stored in plain text.
-        headers["Authorization"] = "Bearer " + self._api_key.get_secret_value()
+        # The credential goes into the header and nowhere else.
+        headers["Authorization"] = authorization
         try:
             async with self._session.request(
                 method,
@@ -372,15 +470,13 @@ class ApiClient:
             return _Failure(Outcome.RETRY, f"{type(exc).__name__}: {exc}")
 
         self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
-        self._pacer.observe(seq, resp_headers)
+        pacing.observe(seq, resp_headers)
         outcome = classify_status(status)
         if outcome is not Outcome.OK:
-            return _Failure(
-                outcome,
-                error_message(raw, content_type, status, reason),
-                status,
-                headers=resp_headers,
-            )
+            refusal = RawAnswer(status, reason, content_type, raw, resp_headers)
+            if self._classifier is not None:
+                outcome = self._classifier(refusal) or outcome
+            return _Failure(outcome, self._error_parser(refusal), status, headers=resp_headers)
         server_time = parse_http_date(resp_headers.get("Date"))
         if not expect_json or status == 204:
             return ApiResponse(status, None, server_time)

@@ -29,6 +29,7 @@ import asyncio
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -49,6 +50,16 @@ _EPOCH_SLACK = 0.5
 _DEFAULT_WINDOW = 60.0
 # How late a caller may start its turn and still count as on time (seconds); see `acquire`.
 _LATE_TOLERANCE = 0.02
+
+
+class Pacing(Protocol):
+    """What ApiClient asks of a pacer: a turn before each request, each answer's headers, 429s."""
+
+    async def acquire(self) -> int: ...
+
+    def observe(self, seq: int, headers: Mapping[str, str]) -> None: ...
+
+    def on_rate_limited(self, headers: Mapping[str, str], fallback: float) -> float: ...
 
 
 class Clock(Protocol):
@@ -264,3 +275,96 @@ class Pacer:
         wait = min(max(wait, 0.0), self._wait_cap) + self._rng.uniform(0.0, self._jitter)
         self._blocked_until = max(self._blocked_until, self._clock.monotonic() + wait)
         return wait
+
+
+class HubSpotHeaders:
+    """The rate-limit facts of one HubSpot answer (developers.hubspot.com, "API usage guidelines
+    and limits"): `X-HubSpot-RateLimit-Max` requests per rolling `-Interval-Milliseconds`,
+    `-Remaining` of them left; `-Daily` and `-Daily-Remaining` for the day (private apps only)."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        limit = _header_number(headers, "X-HubSpot-RateLimit-Max")
+        self.limit: int | None = int(limit) if limit is not None and limit >= 1 else None
+        remaining = _header_number(headers, "X-HubSpot-RateLimit-Remaining")
+        self.remaining: int | None = int(remaining) if remaining is not None else None
+        interval = _header_number(headers, "X-HubSpot-RateLimit-Interval-Milliseconds")
+        self.interval: float | None = interval / 1000.0 if interval is not None and interval > 0 else None
+        daily = _header_number(headers, "X-HubSpot-RateLimit-Daily")
+        self.daily: int | None = int(daily) if daily is not None and daily >= 1 else None
+        daily_left = _header_number(headers, "X-HubSpot-RateLimit-Daily-Remaining")
+        self.daily_remaining: int | None = int(daily_left) if daily_left is not None else None
+
+
+class RollingWindowPacer(Pacer):
+    """A rolling window read from HubSpot's headers, shared by every caller of one connector.
+
+    A rolling window never resets, so HubSpot sends no reset time: each request leaves the window
+    `interval` after it was made. The pace follows from that. This connector's share of the window
+    is what the latest answer left (`Remaining`, less the requests sent after it) plus our own
+    requests still in the window (they leave it within the interval and free their places for
+    us); the share is spread evenly, one request every interval / share seconds. Alone in the
+    portal the share is the whole `Max`, the pace `Max` per interval; beside other apps of the
+    portal, which draw on the same limit, it shrinks to what they leave. When nothing is left,
+    the next request waits until our oldest request in the window leaves it. Until the first
+    answer with the headers, the configured value (or none) paces, as with `Pacer`.
+    """
+
+    def __init__(
+        self,
+        cap_per_minute: int | None,
+        *,
+        clock: Clock,
+        wait_cap: float,
+        jitter: float,
+        rng: random.Random,
+    ) -> None:
+        super().__init__(cap_per_minute, clock=clock, wait_cap=wait_cap, jitter=jitter, rng=rng)
+        self._starts: deque[float] = deque()  # monotonic starts of our requests, oldest first
+        self._interval: float | None = None
+        self._max: int | None = None
+        self._left: int | None = None  # places left in the window, by the latest answer
+
+    def _forget_old(self, now: float) -> None:
+        if self._interval is None:
+            return
+        while self._starts and self._starts[0] <= now - self._interval:
+            self._starts.popleft()
+            if self._left is not None and self._max is not None:
+                # The server counted it (or will have): its place in the window is free again.
+                self._left = min(self._left + 1, self._max)
+
+    def _gap(self) -> float:
+        if self._interval is None or self._max is None or self._left is None:
+            return super()._gap()
+        share = min(self._max, max(self._left, 0) + len(self._starts))
+        return max(self._interval / max(share, 1), self._cap_gap)
+
+    def _earliest(self, now: float) -> float:
+        self._forget_old(now)
+        at = self._blocked_until
+        if self._last_start is not None:
+            at = max(at, self._last_start + self._gap())
+        if self._left is not None and self._left <= 0 and self._interval is not None and self._starts:
+            at = max(at, self._starts[0] + self._interval)  # our oldest leaves the window then
+        return at
+
+    async def acquire(self) -> int:
+        seq = await super().acquire()
+        assert self._last_start is not None
+        self._starts.append(self._last_start)
+        if self._left is not None:
+            self._left -= 1
+        return seq
+
+    def observe(self, seq: int, headers: Mapping[str, str]) -> None:
+        facts = HubSpotHeaders(headers)
+        if facts.limit is None or facts.remaining is None or facts.interval is None:
+            return  # a search answer, or an error before the limiter: nothing learnt
+        self._heard = True
+        if seq < self._latest_seq:
+            return  # a late answer to an earlier request: the latest one's word stands
+        self._latest_seq = seq
+        self._max, self._interval = facts.limit, facts.interval
+        self._forget_old(self._clock.monotonic())  # aged out before this answer: in its count
+        # Requests sent after this one may already have been counted by the server: assume so.
+        self._left = facts.remaining - (self._sent - seq - 1)
