@@ -12,9 +12,10 @@ import aiohttp
 from pydantic import SecretStr
 
 from crmsyncd.config import Settings
-from crmsyncd.connectors.base import Connector, SystemIdentity
+from crmsyncd.connectors.base import SystemIdentity
 from crmsyncd.connectors.ecosire import EcosireConnector, EcosireSettings
 from crmsyncd.connectors.http import make_session
+from crmsyncd.connectors.port import Connector
 from crmsyncd.connectors.rest import RestConnector, RestSettings
 from crmsyncd.domain.mapping import EntitySpec, MappingSpec, load_mapping
 from crmsyncd.domain.records import Side

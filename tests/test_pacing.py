@@ -27,7 +27,7 @@ from crmsyncd.connectors import (
     RestSettings,
     make_session,
 )
-from crmsyncd.connectors.base import Connector
+from crmsyncd.connectors.collection import CollectionConnector
 from crmsyncd.connectors.pacing import Pacer
 from crmsyncd.sandbox import CrmSandbox, EcosireSandbox, SandboxServer
 from crmsyncd.sandbox.ratelimit import FixedWindowLimiter
@@ -38,7 +38,7 @@ WORKERS = 8  # concurrent callers sharing one connector, as the engine's workers
 
 def connector(
     server: SandboxServer, session: Any, *, configured: int | None, clock: InstantClock | None = None
-) -> Connector:
+) -> CollectionConnector:
     common: dict[str, Any] = {
         "api_key": SecretStr(server.api_key),
         "requests_per_minute": configured,

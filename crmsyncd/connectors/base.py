@@ -1,18 +1,14 @@
-"""The small interface every connector offers the engine, and the one classification of responses."""
+"""What every connector shares: the one classification of responses, its errors, request counts
+and the identity of the system it talks to. The port itself is connectors/port.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from crmsyncd.domain.records import JSON, Side
-
-if TYPE_CHECKING:  # port.py builds on this module's types
-    from crmsyncd.connectors.port import FeedPage
 
 
 class Outcome(StrEnum):
@@ -122,47 +118,3 @@ class SystemIdentity:
     def describe(self) -> str:
         account = f" account {self.account}" if self.account is not None else ""
         return f"{self.kind} {self.base_url}{account}"
-
-
-class Connector(Protocol):
-    """One remote system. Resources are the API's collection names (contacts, deals)."""
-
-    side: Side
-    id_field: str
-    updated_field: str
-    stats: RequestStats
-
-    async def identify(self) -> SystemIdentity:
-        """The system this connector is configured for. A method, not a field: an API that names
-        its account only when asked (HubSpot's portal id, from GET /account-info/v3/details) makes
-        that one request here; the others answer from their settings, without a request."""
-
-    def changes(
-        self, resource: str, *, since: datetime | None, max_requests: int | None = None
-    ) -> AsyncGenerator[FeedPage, None]:
-        """The change feed (connectors/port.py `ChangeFeed`): pages of records changed strictly
-        after `since`, each with the checkpoint it makes safe."""
-        ...
-
-    async def get(self, resource: str, record_id: str) -> JSON:
-        """One record; ConnectorError(NOT_FOUND) when it is gone."""
-
-    async def get_many(self, resource: str, record_ids: Sequence[str]) -> dict[str, JSON]:
-        """The records of these ids, keyed by the id asked for; an id absent from the answer is
-        gone (deleted on this side). Any other failure raises ConnectorError, as `get` does.
-        APIs without a batch read (ECOSIRE, the REST CRM) send one GET per id, a few at a time,
-        paced like every other request (connectors/collection.py); an API that has one uses it
-        (HubSpot's batch read endpoint, for the connector to come)."""
-
-    async def create(self, resource: str, body: JSON) -> JSON:
-        """The created record, with its new id."""
-
-    async def update(self, resource: str, record_id: str, body: JSON) -> JSON:
-        """Partial update; the full updated record."""
-
-    async def delete(self, resource: str, record_id: str) -> None: ...
-
-    async def find_by_field(self, resource: str, field: str, value: str) -> list[JSON]:
-        """Records whose `field` equals `value`, compared trimmed and case-insensitively."""
-
-    async def close(self) -> None: ...

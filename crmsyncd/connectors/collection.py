@@ -4,14 +4,14 @@ listed through the envelope {"data": [...], "meta": {"total", "page", "limit", "
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from crmsyncd.connectors.base import ConnectorError, Outcome, Page, RequestStats
 from crmsyncd.connectors.http import ApiClient, ApiResponse, MalformedResponse, path_segment
 from crmsyncd.connectors.paging import MAX_REQUESTS, read_changes
-from crmsyncd.connectors.port import FeedPage
+from crmsyncd.connectors.port import FeedPage, WriteResult
 from crmsyncd.domain.canonical import normalise_key
 from crmsyncd.domain.records import JSON, Side
 
@@ -71,6 +71,14 @@ def parse_record(response: ApiResponse) -> JSON:
     if not isinstance(response.body, dict):
         raise MalformedResponse(f"expected a record object, got {_kind(response.body)}")
     return response.body
+
+
+async def _one(write: Awaitable[JSON]) -> WriteResult:
+    """A single write's outcome as a batch result: refused or failed, it is that input's error."""
+    try:
+        return WriteResult(record=await write)
+    except ConnectorError as exc:
+        return WriteResult(error=exc)
 
 
 def _ignore(response: ApiResponse) -> None:
@@ -177,6 +185,27 @@ class CollectionConnector:
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
         return found
+
+    # Neither API has batch writes: the engine's batcher sends each write as its own call.
+    max_batch = 1
+
+    async def create_many(self, resource: str, bodies: Sequence[JSON]) -> list[WriteResult]:
+        return [await _one(self.create(resource, body)) for body in bodies]
+
+    async def update_many(self, resource: str, changes: Sequence[tuple[str, JSON]]) -> list[WriteResult]:
+        return [await _one(self.update(resource, record_id, body)) for record_id, body in changes]
+
+    async def delete_many(self, resource: str, record_ids: Sequence[str]) -> list[WriteResult]:
+        results = []
+        for record_id in record_ids:
+            try:
+                await self.delete(resource, record_id)
+            except ConnectorError as exc:
+                if exc.outcome is not Outcome.NOT_FOUND:
+                    results.append(WriteResult(error=exc))
+                    continue
+            results.append(WriteResult(record={self.id_field: record_id}))  # gone: done
+        return results
 
     async def create(self, resource: str, body: JSON) -> JSON:
         return await self._client.request(

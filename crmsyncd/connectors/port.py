@@ -107,7 +107,10 @@ class BatchWriter(Protocol):
 
 class Lookups(Protocol):
     async def get_many(self, resource: str, record_ids: Sequence[str]) -> dict[str, JSON]:
-        """The records that exist, by id; absent ids are gone."""
+        """The records of these ids, keyed by the id asked for; an id absent from the answer is
+        gone (deleted on this side). Any other failure raises ConnectorError. APIs without a
+        batch read (ECOSIRE, the REST CRM) send one GET per id, a few at a time, paced like every
+        other request (connectors/collection.py); HubSpot uses its batch read."""
         ...
 
     async def find_by_field(self, resource: str, field: str, value: str) -> list[JSON]:
@@ -115,17 +118,18 @@ class Lookups(Protocol):
         ...
 
 
-class Port(ChangeFeed, BatchWriter, Lookups, Protocol):
-    """Everything one API offers the engine."""
+class Connector(ChangeFeed, BatchWriter, Lookups, Protocol):
+    """Everything one API offers the engine. Resources are the API's collection names."""
 
     side: Side
     id_field: str
     updated_field: str
-    # Where the API stamps a record's creation (lost creates are looked for among records
-    # created since the claim); None when it has none.
-    created_field: str | None
     stats: RequestStats
 
-    async def identify(self) -> SystemIdentity: ...
+    async def identify(self) -> SystemIdentity:
+        """The system this connector is configured for. A method, not a field: an API that names
+        its account only when asked (HubSpot's portal id, from GET /account-info/v3/details) makes
+        that one request here; the others answer from their settings, without a request."""
+        ...
 
     async def close(self) -> None: ...

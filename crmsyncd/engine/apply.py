@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from crmsyncd.connectors.base import Connector, ConnectorError, Outcome
+from crmsyncd.connectors.base import ConnectorError, Outcome
+from crmsyncd.connectors.port import Connector
 from crmsyncd.domain.canonical import (
     RefTable,
     UnresolvedReference,
@@ -21,6 +22,7 @@ from crmsyncd.domain.canonical import (
 from crmsyncd.domain.mapping import DeletePolicy, EntitySpec
 from crmsyncd.domain.merge import MergeResult, SideView, merge
 from crmsyncd.domain.records import JSON, BadRecord, Side, parse_timestamp
+from crmsyncd.engine.batching import WriteBatcher
 from crmsyncd.engine.counts import PassCounts
 from crmsyncd.engine.doubts import scan_for_creates
 from crmsyncd.store.errors import ErrorClass, Failure
@@ -111,6 +113,8 @@ class PairWorker:
     ) -> None:
         self.entity = entity
         self.connectors = connectors
+        # Every write goes through its target's batcher: one per worker set, shared by its workers.
+        self.writes = {side: WriteBatcher(connectors[side]) for side in Side}
         self.owner_of = owner_of
         self.linked_ids = linked_ids
         self.counts = counts
@@ -169,7 +173,7 @@ class PairWorker:
         if policy is DeletePolicy.PROPAGATE and survivor_id is not None:
             self.guard.take(f"propagating the deletion of {name}")
             try:
-                await self.connectors[survivor].delete(self.entity.resource(survivor), survivor_id)
+                await self.writes[survivor].delete(self.entity.resource(survivor), survivor_id)
             except ConnectorError as exc:
                 if exc.outcome is not Outcome.NOT_FOUND:  # already gone there too: done
                     raise
@@ -206,7 +210,7 @@ class PairWorker:
             if not changes or record_id is None:
                 continue
             body = to_remote(self.entity, side, changes, refs)
-            await self.connectors[side].update(self.entity.resource(side), record_id, body)
+            await self.writes[side].update(self.entity.resource(side), record_id, body)
             self.counts.updated[side.value] += 1
             if result.reverted[side]:
                 self.counts.reverted[side.value] += 1
@@ -280,7 +284,7 @@ class PairWorker:
             try:
                 # An API that answers a create with less than the record (only its id) is read
                 # as holding what we sent.
-                counterpart = {**body, **await connector.create(resource, body)}
+                counterpart = {**body, **await self.writes[target].create(resource, body)}
             except ConnectorError as exc:
                 if exc.outcome is not Outcome.CONFLICT:
                     raise

@@ -28,8 +28,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from crmsyncd.connectors.base import Connector
-from crmsyncd.connectors.port import FeedPage
+from crmsyncd.connectors.port import Connector, FeedPage
 from crmsyncd.domain.mapping import EntitySpec, FieldSpec, MappingSpec, Transform
 from crmsyncd.domain.records import JSON, Side
 from crmsyncd.engine.context import EngineContext

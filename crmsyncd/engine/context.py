@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from crmsyncd.connectors.base import Connector
+from crmsyncd.connectors.port import Connector
 from crmsyncd.domain.records import Side
 from crmsyncd.engine.stage import Stager
 from crmsyncd.store.cursors import CursorStore

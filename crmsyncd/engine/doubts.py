@@ -14,8 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from crmsyncd.connectors.base import Connector
-from crmsyncd.connectors.port import PagingLoop
+from crmsyncd.connectors.port import Connector, PagingLoop
 from crmsyncd.domain.canonical import RefTable, UnresolvedReference, Values, canonicalize, normalise_key
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import JSON, BadRecord, Side, parse_timestamp

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crmsyncd.connectors.base import Connector, ConnectorError, Outcome
-from crmsyncd.connectors.port import PagingLoop
+from crmsyncd.connectors.base import ConnectorError, Outcome
+from crmsyncd.connectors.port import Connector, PagingLoop
 from crmsyncd.domain.fieldcheck import (
     FieldSample,
     Problem,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-from crmsyncd.connectors.base import Connector
+from crmsyncd.connectors.port import Connector
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import Side
 from crmsyncd.engine.backfill import RereadOutcome, resync_entity, sync_or_backfill
