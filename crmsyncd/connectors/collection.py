@@ -96,6 +96,7 @@ class CollectionConnector:
     side: Side
     id_field: str
     updated_field: str
+    created_field: str | None
     stats: RequestStats
 
     def __init__(
@@ -104,12 +105,14 @@ class CollectionConnector:
         *,
         id_field: str,
         updated_field: str,
+        created_field: str | None = "createdAt",
         page_size: int,
         max_limit: int | None,
     ) -> None:
         self.side = client.side
         self.id_field = id_field
         self.updated_field = updated_field
+        self.created_field = created_field
         self.page_size = page_size
         self.stats = client.stats
         self._client = client

@@ -124,6 +124,9 @@ class Connector(ChangeFeed, BatchWriter, Lookups, Protocol):
     side: Side
     id_field: str
     updated_field: str
+    # Where the API stamps a record's creation (a lost create is looked for among the records
+    # created since its claim); None when it stamps none.
+    created_field: str | None
     stats: RequestStats
 
     async def identify(self) -> SystemIdentity:

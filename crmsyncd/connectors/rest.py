@@ -37,6 +37,7 @@ class RestSettings:
     paths: Mapping[str, str] = field(default_factory=_default_paths)
     id_field: str = "id"
     updated_field: str = "updatedAt"
+    created_field: str | None = "createdAt"  # None: the CRM stamps no creation
     updated_after_param: str = "updatedAfter"
     page_param: str = "page"
     limit_param: str = "limit"
@@ -95,6 +96,7 @@ class RestConnector(CollectionConnector):
             client,
             id_field=settings.id_field,
             updated_field=settings.updated_field,
+            created_field=settings.created_field,
             page_size=settings.page_size,
             max_limit=None,
         )

@@ -90,7 +90,7 @@ async def scan_for_creates(
                     for pair_id in index.get(_fingerprint(seen, names), ()):
                         result.matches[pair_id].append(body)
                         matched = True
-                if not matched and _created_since(body, since):
+                if not matched and _created_since(body, connector.created_field, since):
                     fresh.append((body, seen))
     except PagingLoop:
         result.complete = False
@@ -103,9 +103,13 @@ async def scan_for_creates(
     return result
 
 
-def _created_since(body: JSON, since: datetime) -> bool:
+def _created_since(body: JSON, created_field: str | None, since: datetime) -> bool:
+    """Whether the record was created in the window; an API that stamps no creation cannot
+    tell, and every record changed in the window is a candidate."""
+    if created_field is None:
+        return True
     try:
-        return parse_timestamp(body.get("createdAt"), "createdAt") >= since
+        return parse_timestamp(body.get(created_field), created_field) >= since
     except BadRecord:
         return False
 
