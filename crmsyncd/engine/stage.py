@@ -9,8 +9,8 @@ PostgreSQL keeps no U+0000 and no unpaired surrogate in jsonb or text, and one s
 any field would fail the whole page's transaction, again at every pass. So every body is made
 storable first: those characters become U+FFFD. In a mapped field they make the record bad input
 anyway (canonical.text_problem); in an unmapped one they do not matter. A parked copy that had
-characters replaced carries `REPLACED_KEY`, so that a retry from the stored copy parks it again
-instead of syncing the replacement characters."""
+characters replaced carries `REPLACED_KEY` (the error queue shows which fields); a retry reads the
+record afresh at its source (engine/retry.py), never syncing the replacement characters."""
 
 from __future__ import annotations
 
