@@ -11,17 +11,14 @@ from collections.abc import Sequence
 from crmsyncd.connectors.port import PagingLoop
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import Side
-from crmsyncd.engine.apply import DeleteGuard, DeleteGuardTripped, PairWorker
-from crmsyncd.engine.buffer import ResultBuffer
+from crmsyncd.engine.apply import DeleteGuard, DeleteGuardTripped
 from crmsyncd.engine.context import EngineContext
 from crmsyncd.engine.counts import PassCounts
+from crmsyncd.engine.deletes import apply_deletions
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.pairs import Pair
 
 log = get_logger()
-
-# Ids one confirming read asks for (HubSpot's batch read takes 100).
-CONFIRM_BATCH = 100
 
 
 class Reconciler:
@@ -76,18 +73,13 @@ class Reconciler:
     async def _apply(
         self, entity: EntitySpec, side: Side, missing: Sequence[Pair], counts: PassCounts, guard: DeleteGuard
     ) -> None:
-        engine = self.engine
-        connector = engine.connectors[side]
-        worker = PairWorker(
-            entity, engine.connectors, engine.pairs.owner, engine.pairs.linked_ids, counts, guard
+        await apply_deletions(
+            self.engine,
+            entity,
+            side,
+            missing,
+            counts,
+            guard,
+            how="missing from a full listing and from a read by id",
+            confirm=True,
         )
-        async with ResultBuffer(entity.name, engine.pool, engine.pairs, engine.errors) as buffer:
-            for start in range(0, len(missing), CONFIRM_BATCH):
-                chunk = missing[start : start + CONFIRM_BATCH]
-                # Read again by id: one the listing moved past the sweep's end is there after all.
-                found = await connector.get_many(entity.resource(side), [p.id_of(side) or "" for p in chunk])
-                for pair in chunk:
-                    if (pair.id_of(side) or "") in found:
-                        continue
-                    how = "missing from a full listing and from a read by id"
-                    await buffer.add(await worker.deleted(pair, side, how))

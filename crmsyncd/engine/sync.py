@@ -18,6 +18,7 @@ from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import Side
 from crmsyncd.engine.context import EngineContext
 from crmsyncd.engine.counts import PassCounts
+from crmsyncd.engine.deletes import feed_deletions
 from crmsyncd.engine.fieldcheck import FieldWatch, field_watches
 from crmsyncd.engine.merge import merge
 from crmsyncd.engine.recover import resolve_doubts
@@ -89,9 +90,11 @@ async def _read(
         settles = not cursor.window_settled and cursor.age >= overlap.total_seconds()
     pages = connector.changes(entity.resource(side), since=since)
     complete = False
+    deleted: list[str] = []  # ids the feed reports deleted (HubSpot's archived records)
     try:
         async with contextlib.aclosing(pages):
             async for page in pages:
+                deleted.extend(page.deleted)
                 if watch is not None:
                     watch.feed([body for _, _, body in page.records])
                     watch.feed([body for body, _ in page.unusable])
@@ -116,6 +119,9 @@ async def _read(
         # What was staged is safe and the cursor passes nothing unread: this side's read ends
         # here, the pass merges what it has, and the next pass reads on from the cursor.
         log.error("paging_stopped", entity=entity.name, side=side.value, error=str(exc))
+    if deleted:
+        # Before the merge: a pair whose record is gone must not be written to it.
+        await feed_deletions(ctx, entity, side, deleted, counts)
     if full is not None and complete:
         full.complete.add(side)
     if watch is not None:

@@ -342,6 +342,16 @@ class PairStore:
         )
         return [Pair.from_row(r) for r in rows]
 
+    async def by_record_ids(self, entity: str, side: Side, record_ids: Sequence[str]) -> list[Pair]:
+        """The pairs, not deleted, that hold these `side` ids."""
+        rows = await self.pool.fetch(
+            f"SELECT {PAIR_COLUMNS} FROM record_map WHERE entity = $1 AND state <> 'deleted'"
+            f" AND {column(side, 'id')} = ANY($2::text[]) ORDER BY id",
+            entity,
+            list(record_ids),
+        )
+        return [Pair.from_row(r) for r in rows]
+
     async def set_intents(self, intents: Sequence[tuple[int, JSON]]) -> None:
         """Record, before any remote call, what each claimed pair is about to write."""
         if intents:
