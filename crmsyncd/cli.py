@@ -153,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="rest (default): ECOSIRE and the REST CRM; hubspot: a fake HubSpot CRM v3 account alone",
     )
     sandbox.add_argument("--port", type=int, default=8083, help="the HubSpot sandbox's port (0: a free one)")
+    hubspot = sub.add_parser("hubspot", help="HubSpot chores (needs only the HUBSPOT_* variables)")
+    hubspot_sub = hubspot.add_subparsers(dest="hubspot_command", required=True, metavar="ACTION")
+    hubspot_setup = hubspot_sub.add_parser(
+        "setup", help="create the custom contact properties ecosire_type and ecosire_tags (idempotent)"
+    )
+    hubspot_setup.add_argument(
+        "--tags", default="", help="comma-separated tags in use: the options of ecosire_tags (a checkbox)"
+    )
     return parser
 
 
@@ -602,6 +610,25 @@ async def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+async def cmd_hubspot(args: argparse.Namespace, settings: Settings) -> int:
+    from crmsyncd.connectors.hubspot import load_hubspot_settings
+    from crmsyncd.connectors.hubspot.client import HubSpotClient
+    from crmsyncd.connectors.hubspot.setup import setup_properties
+
+    hub = load_hubspot_settings(timeout=settings.http_timeout)
+    session = make_session(settings.http_timeout)
+    try:
+        lines = await setup_properties(HubSpotClient(hub, session), args.tags.split(","))
+    except ConnectorError as exc:
+        print(f"crmsyncd: hubspot setup failed: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    finally:
+        await session.close()
+    for line in lines:
+        print(line)
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
     "run": cmd_run,
     "sync": cmd_sync,
@@ -616,4 +643,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any,
     "demo": cmd_demo,
     "sandbox": cmd_sandbox,
     "mapping": cmd_mapping,
+    "hubspot": cmd_hubspot,
 }

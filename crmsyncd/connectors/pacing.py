@@ -300,9 +300,9 @@ class RollingWindowPacer(Pacer):
 
     A rolling window never resets, so HubSpot sends no reset time: each request leaves the window
     `interval` after it was made. The pace follows from that. This connector's share of the window
-    is what the latest answer left (`Remaining`, less the requests sent after it) plus our own
-    requests still in the window (they leave it within the interval and free their places for
-    us); the share is spread evenly, one request every interval / share seconds. Alone in the
+    is what the latest answer left (`Remaining`) plus our own requests it counted that are still
+    in the window (they leave it within the interval and free their places for us); the share
+    is spread evenly, one request every interval / share seconds. Alone in the
     portal the share is the whole `Max`, the pace `Max` per interval; beside other apps of the
     portal, which draw on the same limit, it shrinks to what they leave. When nothing is left,
     the next request waits until our oldest request in the window leaves it. Until the first
@@ -323,6 +323,7 @@ class RollingWindowPacer(Pacer):
         self._interval: float | None = None
         self._max: int | None = None
         self._left: int | None = None  # places left in the window, by the latest answer
+        self._share: int | None = None  # places of the window that are ours to use
 
     def _forget_old(self, now: float) -> None:
         if self._interval is None:
@@ -334,10 +335,9 @@ class RollingWindowPacer(Pacer):
                 self._left = min(self._left + 1, self._max)
 
     def _gap(self) -> float:
-        if self._interval is None or self._max is None or self._left is None:
+        if self._interval is None or self._max is None or self._share is None:
             return super()._gap()
-        share = min(self._max, max(self._left, 0) + len(self._starts))
-        return max(self._interval / max(share, 1), self._cap_gap)
+        return max(self._interval / max(min(self._share, self._max), 1), self._cap_gap)
 
     def _earliest(self, now: float) -> float:
         self._forget_old(now)
@@ -367,4 +367,7 @@ class RollingWindowPacer(Pacer):
         self._max, self._interval = facts.limit, facts.interval
         self._forget_old(self._clock.monotonic())  # aged out before this answer: in its count
         # Requests sent after this one may already have been counted by the server: assume so.
-        self._left = facts.remaining - (self._sent - seq - 1)
+        after = self._sent - seq - 1
+        self._left = facts.remaining - after
+        # Ours that this answer counted: those in the window, less the ones sent after it.
+        self._share = facts.remaining + max(len(self._starts) - after, 0)
