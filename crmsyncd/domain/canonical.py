@@ -89,8 +89,8 @@ def _check_text(name: str, value: Any, depth: int = 0) -> None:
             _check_text(name, item, depth + 1)
 
 
-def _missing(body: JSON, name: str, raw: Any) -> str | None:
-    if name not in body:
+def _missing(present: bool, raw: Any) -> str | None:
+    if not present:
         return "required, but missing"
     if raw is None:
         return "required, but null"
@@ -117,11 +117,10 @@ def canonicalize(entity: EntitySpec, side: Side, body: JSON, refs: RefTable) -> 
     values: Values = {}
     unresolved: UnresolvedReference | None = None
     for spec in entity.fields:
-        name = spec.remote_name(side)
-        raw = body.get(name)
-        if spec.required and (missing := _missing(body, name, raw)) is not None:
+        name, present, raw = _read(spec, side, body)
+        if spec.required and (missing := _missing(present, raw)) is not None:
             raise BadRecord(name, missing)
-        if name not in body:
+        if not present:
             continue  # unknown, not empty: see the module's docstring
         if spec.name == entity.match_key and raw is not None and not isinstance(raw, str):
             # A match key that is not text could never be matched: a duplicate in waiting.
@@ -143,8 +142,44 @@ def to_remote(entity: EntitySpec, side: Side, values: Mapping[str, Any], refs: R
         spec = entity.field(name)
         # A create sends the source's values as read: its key is written as it matches.
         written = key_text(value) if name == entity.match_key else value
+        if spec.transform is Transform.SPLIT_NAME and side is Side.CRM:
+            body.update(zip(spec.remote_names(side), split_name(value), strict=True))
+            continue
         body[spec.remote_name(side)] = _from_canonical(spec, side, written, refs)
     return body
+
+
+def _read(spec: FieldSpec, side: Side, body: JSON) -> tuple[str, bool, Any]:
+    """(the field's name as a message gives it, whether the body has it, its raw value). A split
+    name's parts are joined with a space, each trimmed, the blank ones left out."""
+    names = spec.remote_names(side)
+    if len(names) == 1:
+        return names[0], names[0] in body, body.get(names[0])
+    joined = "+".join(names)
+    present = [n for n in names if n in body]
+    parts: list[str] = []
+    for n in present:
+        part = body[n]
+        if part is None:
+            continue
+        if not isinstance(part, str):
+            raise BadRecord(n, f"expected a string, got {_kind(part)}")
+        if part.strip():
+            parts.append(part.strip())
+    if parts:
+        return joined, True, " ".join(parts)
+    return joined, bool(present), None if all(body[n] is None for n in present) else ""
+
+
+def split_name(value: Any) -> tuple[str | None, str | None]:
+    """A name as (its first word, the rest): "Ada Lovelace King" -> ("Ada", "Lovelace King");
+    the rest keeps its inner spaces, a one-word name has an empty rest; None stays None."""
+    if value is None:
+        return None, None
+    words = str(value).strip().split(maxsplit=1)
+    if not words:
+        return "", ""
+    return words[0], words[1].strip() if len(words) > 1 else ""
 
 
 def _to_canonical(spec: FieldSpec, side: Side, raw: Any, refs: RefTable) -> Any:
@@ -152,14 +187,30 @@ def _to_canonical(spec: FieldSpec, side: Side, raw: Any, refs: RefTable) -> Any:
     if spec.is_set:
         if raw is None:
             return []
+        if spec.transform is Transform.SEMICOLON_LIST and side is Side.CRM and isinstance(raw, str):
+            raw = [part.strip() for part in raw.split(";") if part.strip()]
         if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
             raise BadRecord(name, f"expected a list of strings, got {_kind(raw)}")
         return sorted(set(raw))
     if raw is None:
         return None
     match spec.transform:
-        case Transform.NONE:
+        case Transform.NONE | Transform.SEMICOLON_LIST:
             return raw
+        case Transform.SPLIT_NAME:
+            if not isinstance(raw, str):
+                raise BadRecord(name, f"expected a string, got {_kind(raw)}")
+            return raw
+        case Transform.TABLE:
+            known = [e for e, _ in spec.table] if side is Side.ECOSIRE else [c for _, c in spec.table]
+            if raw not in known:
+                raise BadRecord(
+                    name,
+                    f"{str(raw)[:40]!r} is not in the mapping's values table (one of {', '.join(known)})",
+                )
+            if side is Side.ECOSIRE:
+                return raw
+            return next(e for e, c in spec.table if c == raw)
         case Transform.UPPER | Transform.LOWER:
             if not isinstance(raw, str):
                 raise BadRecord(name, f"expected a string, got {_kind(raw)}")
@@ -179,11 +230,18 @@ def _to_canonical(spec: FieldSpec, side: Side, raw: Any, refs: RefTable) -> Any:
 
 
 def _from_canonical(spec: FieldSpec, side: Side, value: Any, refs: RefTable) -> Any:
+    if spec.transform is Transform.SEMICOLON_LIST and side is Side.CRM and isinstance(value, list):
+        return ";".join(sorted(str(v) for v in value))
     if value is None or spec.is_set or side is Side.ECOSIRE:
         return value
     match spec.transform:
-        case Transform.NONE:
+        case Transform.NONE | Transform.SEMICOLON_LIST | Transform.SPLIT_NAME:
             return value
+        case Transform.TABLE:
+            for ecosire, crm in spec.table:
+                if ecosire == value:
+                    return crm
+            raise BadRecord(spec.crm, f"{str(value)[:40]!r} is not in the mapping's values table")
         case Transform.UPPER:
             return str(value).upper()
         case Transform.LOWER:

@@ -32,7 +32,7 @@ SAMPLE_SIZE = 100
 def mapped_fields(entity: EntitySpec, side: Side) -> tuple[str, ...]:
     """The remote field names the mapping reads and writes on `side`, sorted: the key a stored
     result is valid for (a changed mapping is checked again)."""
-    return tuple(sorted({spec.remote_name(side) for spec in entity.fields}))
+    return tuple(sorted({name for spec in entity.fields for name in spec.remote_names(side)}))
 
 
 def unseen_detail(entity: str, side: Side, remote: str, sampled: int) -> str:

@@ -46,6 +46,15 @@ class Transform(StrEnum):
     UPPER = "upper"  # canonical lower case, CRM upper case (ISO 4217 codes)
     LOWER = "lower"  # canonical upper case, CRM lower case
     REF = "ref"  # an id of another entity, translated through that entity's record map
+    # One canonical name over two CRM fields (HubSpot's firstname, lastname): the CRM's are joined
+    # with a space; a name is written as its first word and the rest (inner spaces kept).
+    SPLIT_NAME = "split_name"
+    # A set (union) field that the CRM holds as one `;`-joined string (HubSpot's multiple
+    # checkboxes): "a;b" <-> ["a", "b"], each value trimmed, "" and null the empty set.
+    SEMICOLON_LIST = "semicolon_list"
+    # A value table (`values = {ecosire = "crm", ...}`, one to one): stage names. A value outside
+    # it, on either side, is bad input naming the field.
+    TABLE = "table"
 
 
 class DeletePolicy(StrEnum):
@@ -78,9 +87,17 @@ class FieldSpec:
     # The winner's value is the record's identity: once linked, an edit on the other side is
     # written back (reverted) instead of flowing. Only with a fixed winner (checked at load).
     immutable: bool = False
+    # The CRM fields after `crm` that hold the value too (split_name's lastname).
+    crm_rest: tuple[str, ...] = ()
+    # transform table: (ECOSIRE value, CRM value) pairs, one to one.
+    table: tuple[tuple[str, str], ...] = ()
 
     def remote_name(self, side: Side) -> str:
         return self.ecosire if side is Side.ECOSIRE else self.crm
+
+    def remote_names(self, side: Side) -> tuple[str, ...]:
+        """Every field of `side` that holds this value (two for a split name on the CRM)."""
+        return (self.ecosire,) if side is Side.ECOSIRE else (self.crm, *self.crm_rest)
 
     @property
     def is_set(self) -> bool:
@@ -167,7 +184,7 @@ def parse_mapping(text: str, source: str, *, allow_duplicates: bool = False) -> 
 
 
 _ENTITY_KEYS = {"ecosire", "crm", "match_key", "depends_on", "delete_policy", "fields"}
-_FIELD_KEYS = {"ecosire", "crm", "direction", "rule", "transform", "required", "immutable"}
+_FIELD_KEYS = {"ecosire", "crm", "direction", "rule", "transform", "required", "immutable", "values"}
 
 
 def mapped_twice(fields: Sequence[FieldSpec]) -> list[tuple[Side, str, tuple[str, ...]]]:
@@ -177,7 +194,8 @@ def mapped_twice(fields: Sequence[FieldSpec]) -> list[tuple[Side, str, tuple[str
     for side in Side:
         by_remote: dict[str, list[str]] = {}
         for spec in fields:
-            by_remote.setdefault(spec.remote_name(side), []).append(spec.name)
+            for remote in spec.remote_names(side):
+                by_remote.setdefault(remote, []).append(spec.name)
         found.extend(
             (side, remote, tuple(names)) for remote, names in sorted(by_remote.items()) if len(names) > 1
         )
@@ -242,22 +260,61 @@ def _parse_field(source: str, key: str, name: str, body: Any) -> FieldSpec:
             raise MappingError(source, f"{key}.transform", "expected ref:ENTITY")
     rule = _choice(source, f"{key}.rule", body["rule"], Rule)
     direction = _choice(source, f"{key}.direction", body["direction"], Direction)
-    if rule is Rule.UNION and transform is not Transform.NONE:
-        raise MappingError(source, f"{key}.transform", "a union field takes no transform")
+    if rule is Rule.UNION and transform not in (Transform.NONE, Transform.SEMICOLON_LIST):
+        raise MappingError(source, f"{key}.transform", "a union field takes no transform but semicolon_list")
+    if transform is Transform.SEMICOLON_LIST and rule is not Rule.UNION:
+        raise MappingError(source, f"{key}.transform", "semicolon_list is for union (set) fields")
+    crm, crm_rest = _crm_names(source, key, body["crm"], transform)
+    table = _table(source, key, body.get("values"), transform)
     immutable = _bool(source, f"{key}.immutable", body.get("immutable", False))
     if immutable:
         _check_immutable(source, f"{key}.immutable", rule, direction)
     return FieldSpec(
         name=name,
         ecosire=_string(source, f"{key}.ecosire", body["ecosire"]),
-        crm=_string(source, f"{key}.crm", body["crm"]),
+        crm=crm,
         direction=direction,
         rule=rule,
         transform=transform,
         ref_entity=ref_entity,
         required=_bool(source, f"{key}.required", body.get("required", False)),
         immutable=immutable,
+        crm_rest=crm_rest,
+        table=table,
     )
+
+
+def _crm_names(source: str, key: str, raw: Any, transform: Transform) -> tuple[str, tuple[str, ...]]:
+    """`crm`: one field, or two for split_name (`crm = ["firstname", "lastname"]`)."""
+    if transform is Transform.SPLIT_NAME:
+        if not isinstance(raw, list) or len(raw) != 2 or not all(isinstance(n, str) and n for n in raw):
+            raise MappingError(source, f"{key}.crm", "split_name needs two CRM fields: crm = [FIRST, REST]")
+        return raw[0], (raw[1],)
+    if isinstance(raw, list):
+        raise MappingError(source, f"{key}.crm", "a list of CRM fields needs transform split_name")
+    return _string(source, f"{key}.crm", raw), ()
+
+
+def _table(source: str, key: str, raw: Any, transform: Transform) -> tuple[tuple[str, str], ...]:
+    if transform is not Transform.TABLE:
+        if raw is not None:
+            raise MappingError(source, f"{key}.values", "a values table needs transform table")
+        return ()
+    if not isinstance(raw, dict) or not raw or not all(isinstance(v, str) for v in raw.values()):
+        raise MappingError(
+            source, f"{key}.values", 'transform table needs a values table: values = {ecosire = "crm", ...}'
+        )
+    seen: dict[str, str] = {}
+    for ecosire, crm in raw.items():
+        if crm in seen:
+            raise MappingError(
+                source,
+                f"{key}.values",
+                f"{crm!r} is the CRM value of both {seen[crm]!r} and {ecosire!r}: "
+                "the table must be one to one",
+            )
+        seen[crm] = ecosire
+    return tuple((str(e), c) for e, c in raw.items())
 
 
 def _check_immutable(source: str, key: str, rule: Rule, direction: Direction) -> None:

@@ -28,7 +28,7 @@ _SECRETS = {TOKEN_VARIABLE, *OAUTH_VARIABLES}
 # which HubSpot would not all send unasked (it answers a handful of defaults).
 DEFAULT_PROPERTIES = {
     "contacts": ("email", "firstname", "lastname", "phone", "ecosire_type", "ecosire_tags"),
-    "deals": ("dealname", "amount", "dealstage", "closedate", "pipeline"),
+    "deals": ("dealname", "amount", "deal_currency_code", "dealstage", "closedate", "pipeline"),
 }
 
 
