@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +15,8 @@ from crmsyncd.config import Settings
 from crmsyncd.connectors.base import SystemIdentity
 from crmsyncd.connectors.ecosire import EcosireConnector, EcosireSettings
 from crmsyncd.connectors.http import make_session
+from crmsyncd.connectors.hubspot import HubSpotConnector, HubSpotSettings, load_hubspot_settings
+from crmsyncd.connectors.hubspot.mapping import default_mapping as hubspot_default_mapping
 from crmsyncd.connectors.port import Connector
 from crmsyncd.connectors.rest import RestConnector, RestSettings
 from crmsyncd.domain.mapping import EntitySpec, MappingSpec, load_mapping
@@ -69,10 +71,11 @@ async def open_database(
             await embedded.stop()
 
 
-def build_connectors(settings: Settings, session: aiohttp.ClientSession) -> dict[Side, Connector]:
+def build_connectors(
+    settings: Settings, session: aiohttp.ClientSession, mapping: MappingSpec
+) -> dict[Side, Connector]:
     settings.require_remotes()
-    assert settings.ecosire_api_key is not None and settings.crm_api_key is not None
-    assert settings.crm_api_url is not None
+    assert settings.ecosire_api_key is not None
     ecosire = EcosireConnector(
         EcosireSettings(
             base_url=settings.ecosire_api_url,
@@ -84,7 +87,12 @@ def build_connectors(settings: Settings, session: aiohttp.ClientSession) -> dict
         ),
         session,
     )
-    crm = RestConnector(
+    return {Side.ECOSIRE: ecosire, Side.CRM: _CRMS[settings.crm](settings, session, mapping)}
+
+
+def _rest_crm(settings: Settings, session: aiohttp.ClientSession, mapping: MappingSpec) -> Connector:
+    assert settings.crm_api_url is not None and settings.crm_api_key is not None  # require_remotes
+    return RestConnector(
         RestSettings(
             base_url=settings.crm_api_url,
             api_key=SecretStr(settings.crm_api_key.get_secret_value()),
@@ -100,7 +108,42 @@ def build_connectors(settings: Settings, session: aiohttp.ClientSession) -> dict
         ),
         session,
     )
-    return {Side.ECOSIRE: ecosire, Side.CRM: crm}
+
+
+def _hubspot_crm(settings: Settings, session: aiohttp.ClientSession, mapping: MappingSpec) -> Connector:
+    hubspot = load_hubspot_settings(timeout=settings.http_timeout)  # ConfigError naming HUBSPOT_*
+    # HubSpot answers only the properties asked for: every CRM field the mapping names.
+    properties: dict[str, list[str]] = {}
+    for entity in mapping.entities:
+        names = properties.setdefault(entity.crm, [])
+        for spec in entity.fields:
+            names.extend(spec.remote_names(Side.CRM))
+    return HubSpotConnector(hubspot, session, properties=properties)
+
+
+# The CRM connectors, by CRMSYNCD_CRM: the only place that knows which classes they are.
+_CRMS: dict[str, Callable[[Settings, aiohttp.ClientSession, MappingSpec], Connector]] = {
+    "rest": _rest_crm,
+    "hubspot": _hubspot_crm,
+}
+
+
+def configured_secrets(settings: Settings) -> list[str]:
+    """Every secret the configuration holds, for the log scrubber: the CRM's own included."""
+    held: list[SecretStr | None] = [settings.ecosire_api_key, settings.crm_api_key, settings.database_url]
+    if settings.crm == "hubspot":
+        with contextlib.suppress(Exception):  # a bad setting is reported when it is used
+            hubspot = HubSpotSettings()
+            held += [hubspot.access_token, hubspot.client_id, hubspot.client_secret, hubspot.refresh_token]
+    return [s.get_secret_value() for s in held if s is not None and s.get_secret_value()]
+
+
+def configured_mapping(settings: Settings, *, allow_duplicates: bool = False) -> MappingSpec:
+    """CRMSYNCD_MAPPING, or the built-in mapping of the configured CRM (the guide's table in
+    that CRM's field names)."""
+    if settings.mapping is None and settings.crm == "hubspot":
+        return hubspot_default_mapping(allow_duplicates=allow_duplicates)
+    return load_mapping(settings.mapping, allow_duplicates=allow_duplicates)
 
 
 async def configured_systems(connectors: Mapping[Side, Connector]) -> dict[Side, SystemIdentity]:
@@ -129,7 +172,9 @@ async def rebind_systems(settings: Settings) -> dict[Side, tuple[SystemIdentity 
     async with open_database(settings) as pool:
         session = make_session(settings.http_timeout)
         try:
-            configured = await configured_systems(build_connectors(settings, session))
+            configured = await configured_systems(
+                build_connectors(settings, session, load_app_mapping(settings))
+            )
         finally:
             await session.close()
         previous = await IdentityStore(pool).rebind(configured)
@@ -143,7 +188,7 @@ async def accept_resource(settings: Settings, name: str) -> tuple[dict[Side, str
     async with open_database(settings) as pool:
         session = make_session(settings.http_timeout)
         try:
-            return await accept_resources(pool, mapping, build_connectors(settings, session), name)
+            return await accept_resources(pool, mapping, build_connectors(settings, session, mapping), name)
         finally:
             await session.close()
 
@@ -165,10 +210,11 @@ class App:
 
 
 def load_app_mapping(settings: Settings) -> MappingSpec:
-    mapping = load_mapping(settings.mapping)
+    mapping = configured_mapping(settings)
     selected = mapping.select(settings.entities)  # an unknown entity in CRMSYNCD_ENTITIES fails now
-    # And a CRM_RESOURCE_PATHS key naming no mapped resource, before any request.
-    settings.check_crm_paths({e.crm: e.name for e in mapping.entities}, [e.crm for e in selected])
+    if settings.crm == "rest":
+        # And a CRM_RESOURCE_PATHS key naming no mapped resource, before any request.
+        settings.check_crm_paths({e.crm: e.name for e in mapping.entities}, [e.crm for e in selected])
     return mapping
 
 
@@ -181,7 +227,7 @@ async def open_app(
     async with open_database(settings, stop_embedded=stop_embedded) as pool:
         session = make_session(settings.http_timeout)
         try:
-            connectors = build_connectors(settings, session)
+            connectors = build_connectors(settings, session, mapping)
             await bind_systems(pool, connectors)
             # A renamed entity or a moved resource is refused here, before a record is read.
             await check_mapping_state(pool, mapping, connectors)

@@ -19,6 +19,8 @@ from crmsyncd.app import (
     DatabaseUnavailable,
     accept_resource,
     build_connectors,
+    configured_mapping,
+    configured_secrets,
     load_app_mapping,
     open_app,
     open_database,
@@ -28,7 +30,7 @@ from crmsyncd.config import ConfigError, Settings, load_settings
 from crmsyncd.connectors.base import ConnectorError
 from crmsyncd.connectors.http import make_session
 from crmsyncd.domain.fieldcheck import mapped_fields
-from crmsyncd.domain.mapping import MappingError, load_mapping
+from crmsyncd.domain.mapping import MappingError
 from crmsyncd.domain.records import Side
 from crmsyncd.engine.backfill import MappingStateChanged, RereadOutcome, orphan_warnings, rename_entity
 from crmsyncd.engine.fieldcheck import check_mapping
@@ -186,12 +188,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(f"crmsyncd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    secrets = [
-        s.get_secret_value()
-        for s in (settings.ecosire_api_key, settings.crm_api_key, settings.database_url)
-        if s is not None
-    ]
-    configure_logging(settings.log_level, settings.log_format, secrets)
+    configure_logging(settings.log_level, settings.log_format, configured_secrets(settings))
     command: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]] = COMMANDS[args.command]
     try:
         return asyncio.run(command(args, settings))
@@ -492,12 +489,12 @@ def _print_field_checks(rows: Sequence[dict[str, Any]]) -> None:
 
 async def cmd_mapping(args: argparse.Namespace, settings: Settings) -> int:
     # The only action today: check. Duplicates are loaded, to be reported with the rest.
-    mapping = load_mapping(settings.mapping, allow_duplicates=True)
+    mapping = configured_mapping(settings, allow_duplicates=True)
     entities = mapping.select(args.entity or settings.entities)
     settings.require_remotes()
     session = make_session(settings.http_timeout)
     try:
-        report = await check_mapping(build_connectors(settings, session), entities)
+        report = await check_mapping(build_connectors(settings, session, mapping), entities)
     except ConnectorError as exc:
         print(f"crmsyncd: mapping check: {exc}", file=sys.stderr)
         return EXIT_FATAL

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-RESERVED_CRMS = ("hubspot", "salesforce", "pipedrive")
+RESERVED_CRMS = ("salesforce", "pipedrive")
 # The longest interval or timeout accepted (ten years): a larger one overflows the scheduler's
 # dates or a timedelta after start-up instead of being refused at it.
 MAX_SECONDS = 10 * 365 * 86400.0
@@ -151,12 +151,15 @@ class Settings(BaseSettings):
             problems.append("ECOSIRE_API_KEY: required, the ECOSIRE API key (eco_live_...)")
         if self.crm in RESERVED_CRMS:
             problems.append(
-                f"CRMSYNCD_CRM: {self.crm!r} is reserved for a connector that is not built yet; use 'rest'"
+                f"CRMSYNCD_CRM: {self.crm!r} is reserved for a connector that is not built yet; "
+                "use 'rest' or 'hubspot'"
             )
-        if self.crm_api_url is None:
-            problems.append("CRM_API_URL: required, the CRM's base URL (e.g. https://crm.example/api)")
-        if self.crm_api_key is None or not self.crm_api_key.get_secret_value().strip():
-            problems.append("CRM_API_KEY: required, the CRM's API key")
+        if self.crm == "rest":
+            # Each other CRM's connector reads and checks its own settings (connectors/<crm>/).
+            if self.crm_api_url is None:
+                problems.append("CRM_API_URL: required, the CRM's base URL (e.g. https://crm.example/api)")
+            if self.crm_api_key is None or not self.crm_api_key.get_secret_value().strip():
+                problems.append("CRM_API_KEY: required, the CRM's API key")
         if problems:
             raise ConfigError(problems)
 

@@ -29,6 +29,11 @@ class Outcome(StrEnum):
     # stop the pass as for AUTH_FAILED, park nothing (the records are fine), resume next pass.
     QUOTA_EXHAUSTED = "quota_exhausted"
 
+    @property
+    def stops_pass(self) -> bool:
+        """Retrying records cannot help: the pass stops, says why, and parks nothing."""
+        return self in (Outcome.AUTH_FAILED, Outcome.QUOTA_EXHAUSTED)
+
 
 class ConnectorError(Exception):
     """A failed call, classified. The text carries the API's own message, never a credential."""

@@ -42,8 +42,25 @@ class PassAborted(Exception):
     """Something that retrying records cannot fix: the pass stops, says why, and loses nothing."""
 
 
-class AuthFailure(PassAborted):
+class PassStopped(PassAborted):
+    """An API refuses all work for now: the pass ends failed, parking nothing."""
+
+
+class AuthFailure(PassStopped):
     """Credentials were refused."""
+
+
+class QuotaExhausted(PassStopped):
+    """A quota that does not refill within the pass is spent (HubSpot's daily limit)."""
+
+
+def pass_stopper(exc: ConnectorError) -> PassStopped | None:
+    """The stop a call's failure means for the pass, if it means one."""
+    if exc.outcome is Outcome.AUTH_FAILED:
+        return AuthFailure(str(exc))
+    if exc.outcome is Outcome.QUOTA_EXHAUSTED:
+        return QuotaExhausted(str(exc))
+    return None
 
 
 class DeleteGuardTripped(PassAborted):
@@ -127,7 +144,7 @@ class PairWorker:
             # The counterpart exists now: whatever failed after its creation, the link is kept,
             # so that a retry updates it instead of creating a second one.
             error = wrapped.error
-            if isinstance(error, ConnectorError) and error.outcome is Outcome.AUTH_FAILED:
+            if isinstance(error, ConnectorError) and error.outcome.stops_pass:
                 # Parked with its link, not raised: the pass stops when the next call is refused.
                 error = ConnectorError(Outcome.RETRY, error.message, side=error.side, status=error.status)
             parked = self._failure(pair, error)
@@ -144,8 +161,9 @@ class PairWorker:
     def _failure(self, pair: Pair, exc: Exception) -> Parked:
         source = Side.ECOSIRE if pair.ecosire_pending is not None else Side.CRM
         if isinstance(exc, ConnectorError):
-            if exc.outcome is Outcome.AUTH_FAILED:
-                raise AuthFailure(str(exc)) from None
+            stop = pass_stopper(exc)
+            if stop is not None:
+                raise stop from None
             return self._park(pair, source, _error_class(exc), str(exc), final=_final(exc))
         if isinstance(exc, BadRecord):
             return self._park(pair, source, ErrorClass.BAD_RECORD, f"{self._name(pair, source)}: {exc}")

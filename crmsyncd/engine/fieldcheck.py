@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crmsyncd.connectors.base import ConnectorError, Outcome
+from crmsyncd.connectors.base import ConnectorError
 from crmsyncd.connectors.port import Connector, PagingLoop
 from crmsyncd.domain.fieldcheck import (
     FieldSample,
@@ -107,7 +107,7 @@ class FieldWatch:
         except PagingLoop:
             return True  # the pages it allowed were read: the sample is what they held
         except ConnectorError as exc:
-            if exc.outcome is Outcome.AUTH_FAILED:
+            if exc.outcome.stops_pass:
                 raise
             log.warning(
                 "mapping_field_check_deferred",

@@ -33,9 +33,15 @@ async def merge(
     # queue, pairs claimed in id order keep every worker waiting on whichever API is slower
     # (or more tightly limited) while the other idles. Each connector's pacer keeps its API
     # within its limit however many workers wait on it.
-    workers = max(1, ctx.settings.workers // len(Side))
+    # An API that writes in batches needs a batch's worth of writes at once for its batches to
+    # fill (engine/batching.py), and the workers of both queues write to it (a pair's first write
+    # picks its queue, its others follow): each side gets at least that many, and as much queue.
+    # Pacers, not worker counts, keep each API within its limit.
+    batch = max(connector.max_batch for connector in ctx.connectors.values())
+    per_side = max(1, ctx.settings.workers // len(Side), batch)
+    workers = dict.fromkeys(Side, per_side)
     queues: dict[Side, asyncio.Queue[tuple[Pair, Any] | None]] = {
-        side: asyncio.Queue(max(1, ctx.settings.queue_size // len(Side))) for side in Side
+        side: asyncio.Queue(max(1, ctx.settings.queue_size // len(Side), batch)) for side in Side
     }
     waiting: set[int] = set()  # claimed, not yet started: their claim can be undone
     started: set[int] = set()  # a remote write may have happened: the doubt is kept
@@ -72,8 +78,8 @@ async def merge(
         try:
             await asyncio.gather(*(produce(side) for side in Side))
         finally:
-            for queue in queues.values():
-                for _ in range(workers):
+            for side, queue in queues.items():
+                for _ in range(workers[side]):
                     await queue.put(None)
 
     async def consume(queue: asyncio.Queue[tuple[Pair, Any] | None], buffer: ResultBuffer) -> None:
@@ -103,7 +109,7 @@ async def merge(
         ctx.settings.flush_size,
         ctx.settings.flush_interval,
     ) as buffer:
-        consumers = [consume(queue, buffer) for queue in queues.values() for _ in range(workers)]
+        consumers = [consume(queues[side], buffer) for side in Side for _ in range(workers[side])]
         await asyncio.gather(produce_all(), *consumers)
     await ctx.pairs.release(ctx.pool, sorted(waiting), PairState.OK, untouched=True)
     await ctx.pairs.release(ctx.pool, sorted(started), PairState.OK)

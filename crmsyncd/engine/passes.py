@@ -14,7 +14,7 @@ from structlog.contextvars import bound_contextvars
 from crmsyncd.connectors.base import ConnectorError, Outcome
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import Side
-from crmsyncd.engine.apply import AuthFailure, DeleteGuardTripped
+from crmsyncd.engine.apply import AuthFailure, DeleteGuardTripped, PassStopped, pass_stopper
 from crmsyncd.engine.context import EngineContext
 from crmsyncd.engine.counts import PassCounts
 from crmsyncd.observability.logging import get_logger
@@ -93,8 +93,9 @@ async def _run_entities(
                 problems.append(f"{entity.name}: {exc}")
                 log.error("delete_guard_tripped", entity=entity.name, run=run_id, error=str(exc))
             except ConnectorError as exc:
-                if exc.outcome is Outcome.AUTH_FAILED:
-                    raise AuthFailure(str(exc)) from None
+                stop = pass_stopper(exc)
+                if stop is not None:
+                    raise stop from None
                 # A side that cannot be read now (5xx beyond the retries, a garbled listing):
                 # this entity waits for the next pass, its cursor untouched; the others go on.
                 if report.status is PassStatus.OK:
@@ -103,7 +104,7 @@ async def _run_entities(
                 log.error("entity_failed", entity=entity.name, run=run_id, error=str(exc))
         if ctx.stopping.is_set():
             report.status = PassStatus.STOPPED
-    except AuthFailure as exc:
+    except PassStopped as exc:
         report.status = PassStatus.FAILED
         problems.append(str(exc))
     except DATABASE_ERRORS as exc:  # the database went away: say so, keep the daemon up

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 
-from crmsyncd.connectors.base import ConnectorError, Outcome
+from crmsyncd.connectors.base import ConnectorError
 from crmsyncd.domain.canonical import UnresolvedReference
 from crmsyncd.domain.mapping import EntitySpec
 from crmsyncd.domain.records import BadRecord, Side, parse_timestamp
@@ -62,7 +62,7 @@ async def resolve_doubts(ctx: EngineContext, entity: EntitySpec, counts: PassCou
                 taken=functools.partial(ctx.pairs.linked_ids, entity.name, target),
             )
         except ConnectorError as exc:
-            if exc.outcome is Outcome.AUTH_FAILED:
+            if exc.outcome.stops_pass:
                 raise
             log.warning("doubts_unresolved", entity=entity.name, side=target.value, error=str(exc))
             continue

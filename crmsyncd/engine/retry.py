@@ -154,7 +154,7 @@ class _Reread:
                         try:
                             deleted.append(await self._deleted(pair, gone[0]))
                         except ConnectorError as exc:
-                            if exc.outcome is Outcome.AUTH_FAILED:
+                            if exc.outcome.stops_pass:
                                 raise
                             # `propagate` could not delete the counterpart now: tried again later.
                             reason = f"deleted at its source; deleting its counterpart failed: {exc}"
@@ -224,7 +224,7 @@ class _Reread:
             try:
                 return await self.ctx.connectors[side].get_many(entity.resource(side), sorted(reads[side]))
             except ConnectorError as exc:
-                if exc.outcome is Outcome.AUTH_FAILED:
+                if exc.outcome.stops_pass:
                     raise  # the pass stops and says which key to check
                 log.warning("retry_read_failed", entity=entity.name, side=side.value, error=str(exc))
                 return exc
