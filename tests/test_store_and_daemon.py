@@ -8,12 +8,16 @@ import json
 import os
 import signal
 import sys
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from crmsyncd.connectors.port import Checkpoint
+from crmsyncd.domain.records import Side
 from crmsyncd.observability.logging import configure_logging, get_logger
 from crmsyncd.sandbox import CrmSandbox, EcosireSandbox
-from crmsyncd.store.db import create_pool
+from crmsyncd.store.cursors import CursorStore
+from crmsyncd.store.db import create_pool, execute_atomically
 from crmsyncd.store.migrate import available_migrations, migrate
 
 
@@ -31,6 +35,29 @@ async def test_migrations_apply_once_even_when_two_daemons_start_together(databa
             for r in await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
         assert {"record_map", "sync_cursor", "sync_error", "sync_run", "schema_migrations"} <= tables
+    finally:
+        await pool.close()
+
+
+async def test_a_feeds_checkpoint_token_is_saved_with_its_cursor_and_only_moves_forward(
+    database_url: str,
+) -> None:
+    """A feed that continues from a token of its own (a SOQL locator, a list cursor) gets it back
+    at the next pass exactly as it yielded it, and an older position never replaces a newer."""
+    pool = await create_pool(database_url)
+    try:
+        await migrate(pool)
+        cursors = CursorStore(pool)
+        at = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+        token = {"locator": "01gD0000002HU6KAAW-2000", "page": [3, "x"]}
+        newer = Checkpoint(at, "d9", token)
+        await execute_atomically(pool, [cursors.save_statement("deals", Side.CRM, newer)])
+        saved = await cursors.get("deals", Side.CRM)
+        assert saved is not None and saved.checkpoint == newer
+        older = Checkpoint(at - timedelta(seconds=1), "d1", {"locator": "old"})
+        await execute_atomically(pool, [cursors.save_statement("deals", Side.CRM, older)])
+        kept = await cursors.get("deals", Side.CRM)
+        assert kept is not None and kept.checkpoint.token == token
     finally:
         await pool.close()
 

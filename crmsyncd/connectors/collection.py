@@ -11,7 +11,7 @@ from typing import Any
 from crmsyncd.connectors.base import ConnectorError, Outcome, Page, RequestStats
 from crmsyncd.connectors.http import ApiClient, ApiResponse, MalformedResponse, path_segment
 from crmsyncd.connectors.paging import MAX_REQUESTS, read_changes
-from crmsyncd.connectors.port import FeedPage, WriteResult
+from crmsyncd.connectors.port import Checkpoint, FeedPage, WriteResult
 from crmsyncd.domain.canonical import normalise_key
 from crmsyncd.domain.records import JSON, Side
 
@@ -155,9 +155,15 @@ class CollectionConnector:
         )
 
     def changes(
-        self, resource: str, *, since: datetime | None, max_requests: int | None = None
+        self,
+        resource: str,
+        *,
+        since: datetime | None,
+        checkpoint: Checkpoint | None = None,
+        max_requests: int | None = None,
     ) -> AsyncGenerator[FeedPage, None]:
-        """The page-number feed (connectors/paging.py) over this API's list."""
+        """The page-number feed (connectors/paging.py) over this API's list. It re-anchors on
+        stamps alone: `checkpoint` carries no token of its."""
         return read_changes(
             self, resource, since=since, page_size=self.page_size, max_requests=max_requests or MAX_REQUESTS
         )

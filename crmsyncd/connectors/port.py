@@ -66,12 +66,20 @@ class FeedPage:
 
 class ChangeFeed(Protocol):
     def changes(
-        self, resource: str, *, since: datetime | None, max_requests: int | None = None
+        self,
+        resource: str,
+        *,
+        since: datetime | None,
+        checkpoint: Checkpoint | None = None,
+        max_requests: int | None = None,
     ) -> AsyncGenerator[FeedPage, None]:
         """Records changed strictly after `since` (all records when None), sorted by stamp, each
         `(id, stamp)` once per read, in at most `max_requests` list requests (a full listing's
-        budget; PagingLoop when spent). Raises `PagingLoop` when the API does not behave as the
-        feed needs; everything yielded before is safe to stage."""
+        budget; PagingLoop when spent). `checkpoint` is the last one this feed yielded for the
+        resource, as saved (its token included), for a feed that continues from a token; `since`
+        is where the engine wants the read to start (the checkpoint's stamp less the overlap).
+        Raises `PagingLoop` when the API does not behave as the feed needs; everything yielded
+        before is safe to stage."""
         ...
 
 

@@ -15,9 +15,9 @@ record afresh at its source (engine/retry.py), never syncing the replacement cha
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
+from crmsyncd.connectors.port import Checkpoint
 from crmsyncd.domain.canonical import (
     RefTable,
     UnresolvedReference,
@@ -34,13 +34,6 @@ from crmsyncd.store.cursors import CursorStore
 from crmsyncd.store.db import Pool, execute_atomically
 from crmsyncd.store.errors import ErrorClass, ErrorStore, Failure
 from crmsyncd.store.pairs import Observation, PairState, PairStore
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    updated_at: datetime
-    record_id: str
-
 
 _ABSENT = object()
 
@@ -88,7 +81,7 @@ class Stager:
         records: Sequence[tuple[str, datetime, JSON]],
         unusable: Sequence[tuple[JSON, BadRecord]],
         counts: PassCounts,
-        cursor: Cursor | None,
+        cursor: Checkpoint | None,
         *,
         id_field: str,
         reread: bool = False,
@@ -177,9 +170,7 @@ class Stager:
             [
                 self.pairs.stage_statement(entity.name, side, observations, reread=reread),
                 self.errors.park_statement(failures),
-                None
-                if cursor is None
-                else self.cursors.save_statement(entity.name, side, cursor.updated_at, cursor.record_id),
+                None if cursor is None else self.cursors.save_statement(entity.name, side, cursor),
             ],
         )
         counts.staged += len(observations)

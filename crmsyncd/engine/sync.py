@@ -22,7 +22,6 @@ from crmsyncd.engine.deletes import feed_deletions
 from crmsyncd.engine.fieldcheck import FieldWatch, field_watches
 from crmsyncd.engine.merge import merge
 from crmsyncd.engine.recover import resolve_doubts
-from crmsyncd.engine.stage import Cursor
 from crmsyncd.observability.logging import get_logger
 
 log = get_logger()
@@ -88,7 +87,9 @@ async def _read(
     if cursor is not None and full is None:
         since = cursor.updated_at - (timedelta(0) if cursor.window_settled else overlap) - TICK
         settles = not cursor.window_settled and cursor.age >= overlap.total_seconds()
-    pages = connector.changes(entity.resource(side), since=since)
+    pages = connector.changes(
+        entity.resource(side), since=since, checkpoint=cursor.checkpoint if cursor and full is None else None
+    )
     complete = False
     deleted: list[str] = []  # ids the feed reports deleted (HubSpot's archived records)
     try:
@@ -105,7 +106,7 @@ async def _read(
                     page.records,
                     page.unusable,
                     counts,
-                    Cursor(page.checkpoint.stamp, page.checkpoint.record_id) if page.checkpoint else None,
+                    page.checkpoint,
                     id_field=connector.id_field,
                     reread=full is not None,
                 )

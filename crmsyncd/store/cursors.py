@@ -7,7 +7,8 @@ from datetime import datetime
 
 import asyncpg
 
-from crmsyncd.domain.records import Side
+from crmsyncd.connectors.port import Checkpoint
+from crmsyncd.domain.records import JSON, Side
 from crmsyncd.store.db import Pool, Statement
 
 
@@ -23,6 +24,11 @@ class CursorPosition:
     # overlap to commit, so later passes need not read the window again.
     window_settled: bool
     age: float  # seconds since this position was saved, on the database's clock
+    token: JSON | None = None  # the feed's own continuation, opaque here
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.updated_at, self.record_id, self.token)
 
 
 class CursorStore:
@@ -31,7 +37,7 @@ class CursorStore:
 
     async def get(self, entity: str, side: Side) -> CursorPosition | None:
         row = await self.pool.fetchrow(
-            "SELECT updated_at, record_id, window_settled,"
+            "SELECT updated_at, record_id, window_settled, token,"
             " extract(epoch FROM now() - saved_at)::float8 AS age"
             " FROM sync_cursor WHERE entity = $1 AND side = $2",
             entity,
@@ -39,7 +45,9 @@ class CursorStore:
         )
         if row is None:
             return None
-        return CursorPosition(row["updated_at"], row["record_id"], row["window_settled"], row["age"])
+        return CursorPosition(
+            row["updated_at"], row["record_id"], row["window_settled"], row["age"], row["token"]
+        )
 
     async def settle_window(self, entity: str, side: Side, at: CursorPosition) -> None:
         """A complete read re-read the overlap before `at` long enough after `at` was read: mark
@@ -53,18 +61,18 @@ class CursorStore:
             at.record_id,
         )
 
-    def save_statement(self, entity: str, side: Side, updated_at: datetime, record_id: str) -> Statement:
+    def save_statement(self, entity: str, side: Side, at: Checkpoint) -> Statement:
         # GREATEST-style guard: a cursor only moves forward.
         return Statement(
             """
-            INSERT INTO sync_cursor (entity, side, updated_at, record_id) VALUES ($1, $2, $3, $4)
+            INSERT INTO sync_cursor (entity, side, updated_at, record_id, token) VALUES ($1, $2, $3, $4, $5)
             ON CONFLICT (entity, side) DO UPDATE SET
                 updated_at = EXCLUDED.updated_at, record_id = EXCLUDED.record_id, saved_at = now(),
-                window_settled = false
+                window_settled = false, token = EXCLUDED.token
             WHERE (sync_cursor.updated_at, sync_cursor.record_id)
                   < (EXCLUDED.updated_at, EXCLUDED.record_id)
             """,
-            (entity, side.value, updated_at, record_id),
+            (entity, side.value, at.stamp, at.record_id, at.token),
         )
 
     async def all(self) -> list[asyncpg.Record]:

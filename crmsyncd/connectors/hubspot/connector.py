@@ -24,7 +24,7 @@ from crmsyncd.connectors.hubspot.records import CREATED_FIELD, ID_FIELD, OBJECT_
 from crmsyncd.connectors.hubspot.settings import DEFAULT_PROPERTIES, HubSpotSettings
 from crmsyncd.connectors.hubspot.writer import Writer
 from crmsyncd.connectors.pacing import Clock
-from crmsyncd.connectors.port import FeedPage, WriteResult
+from crmsyncd.connectors.port import Checkpoint, FeedPage, WriteResult
 from crmsyncd.domain.records import JSON, Side
 
 
@@ -67,8 +67,14 @@ class HubSpotConnector:
         return SystemIdentity("hubspot", normalised_base_url(self.settings.api_url), account)
 
     def changes(
-        self, resource: str, *, since: datetime | None, max_requests: int | None = None
+        self,
+        resource: str,
+        *,
+        since: datetime | None,
+        checkpoint: Checkpoint | None = None,
+        max_requests: int | None = None,
     ) -> AsyncGenerator[FeedPage, None]:
+        # The search re-anchors on lastmodifieddate alone: `checkpoint` holds no token for it.
         feed = SearchFeed(
             self.client,
             resource,
