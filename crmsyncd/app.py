@@ -72,8 +72,14 @@ async def open_database(
 
 
 def build_connectors(
-    settings: Settings, session: aiohttp.ClientSession, mapping: MappingSpec
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    mapping: MappingSpec,
+    *,
+    hubspot: HubSpotSettings | None = None,
 ) -> dict[Side, Connector]:
+    """`hubspot`: the HubSpot connector's settings given by code (the demo's sandbox), used
+    instead of the HUBSPOT_* variables when CRMSYNCD_CRM is hubspot."""
     settings.require_remotes()
     assert settings.ecosire_api_key is not None
     ecosire = EcosireConnector(
@@ -87,6 +93,8 @@ def build_connectors(
         ),
         session,
     )
+    if hubspot is not None and settings.crm == "hubspot":
+        return {Side.ECOSIRE: ecosire, Side.CRM: _hubspot_crm(settings, session, mapping, hubspot)}
     return {Side.ECOSIRE: ecosire, Side.CRM: _CRMS[settings.crm](settings, session, mapping)}
 
 
@@ -110,8 +118,14 @@ def _rest_crm(settings: Settings, session: aiohttp.ClientSession, mapping: Mappi
     )
 
 
-def _hubspot_crm(settings: Settings, session: aiohttp.ClientSession, mapping: MappingSpec) -> Connector:
-    hubspot = load_hubspot_settings(timeout=settings.http_timeout)  # ConfigError naming HUBSPOT_*
+def _hubspot_crm(
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    mapping: MappingSpec,
+    given: HubSpotSettings | None = None,
+) -> Connector:
+    # ConfigError naming HUBSPOT_*
+    hubspot = given if given is not None else load_hubspot_settings(timeout=settings.http_timeout)
     # HubSpot answers only the properties asked for: every CRM field the mapping names.
     properties: dict[str, list[str]] = {}
     for entity in mapping.entities:
@@ -220,14 +234,18 @@ def load_app_mapping(settings: Settings) -> MappingSpec:
 
 @contextlib.asynccontextmanager
 async def open_app(
-    settings: Settings, mapping: MappingSpec | None = None, *, stop_embedded: bool = False
+    settings: Settings,
+    mapping: MappingSpec | None = None,
+    *,
+    stop_embedded: bool = False,
+    hubspot: HubSpotSettings | None = None,
 ) -> AsyncIterator[App]:
     mapping = mapping or load_app_mapping(settings)
     settings.require_remotes()
     async with open_database(settings, stop_embedded=stop_embedded) as pool:
         session = make_session(settings.http_timeout)
         try:
-            connectors = build_connectors(settings, session, mapping)
+            connectors = build_connectors(settings, session, mapping, hubspot=hubspot)
             await bind_systems(pool, connectors)
             # A renamed entity or a moved resource is refused here, before a record is read.
             await check_mapping_state(pool, mapping, connectors)

@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=3000,
         help="ECOSIRE requests per minute in the sandbox (the real API allows 60)",
     )
+    demo.add_argument(
+        "--crm",
+        choices=("rest", "hubspot"),
+        default="rest",
+        help="the CRM sandbox: rest (default) or hubspot (at HubSpot's limits)",
+    )
     mapping = sub.add_parser("mapping", help="the mapping file against the APIs")
     mapping_sub = mapping.add_subparsers(dest="mapping_command", required=True, metavar="ACTION")
     check = mapping_sub.add_parser(
@@ -592,14 +598,16 @@ async def _state_entity(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from crmsyncd.demo import run_demo
 
-    return await run_demo(settings, contacts=args.contacts, seed=args.seed, rate_limit=args.rate_limit)
+    return await run_demo(
+        settings, contacts=args.contacts, seed=args.seed, rate_limit=args.rate_limit, crm_kind=args.crm
+    )
 
 
 async def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
     if args.crm == "hubspot":
         from crmsyncd.sandbox.hubspot import run_hubspot_sandbox
 
-        await run_hubspot_sandbox(args.host, args.port)
+        await run_hubspot_sandbox(args.host, args.port, seed_demo=args.seed_demo)
         return EXIT_OK
     from crmsyncd.sandbox import run_sandbox
 

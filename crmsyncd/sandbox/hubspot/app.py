@@ -410,15 +410,27 @@ def _stamp(value: object, default: str, field: str) -> str:
 
 
 async def run_hubspot_sandbox(
-    host: str, port: int, *, on_ready: Callable[[HubSpotSandbox], object] | None = None
+    host: str,
+    port: int,
+    *,
+    seed_demo: bool = False,
+    on_ready: Callable[[HubSpotSandbox], object] | None = None,
 ) -> None:
-    """Serve a HubSpot sandbox until cancelled, after printing how to reach it.
+    """Serve a HubSpot sandbox until cancelled, after printing how to reach it; `seed_demo`
+    loads the demo data set (sandbox/hubspot/seed.py), its custom properties created first.
 
     The token and OAuth client values are printed on purpose: they are the sandbox's fixed test
     values, not secrets."""
     from crmsyncd.sandbox.server import serve
 
     async with serve(HubSpotSandbox(), host, port) as hub:
+        if seed_demo:
+            from crmsyncd.sandbox.hubspot.seed import hubspot_demo_dataset, prepare_demo_portal
+
+            for line in await prepare_demo_portal(hub, hubspot_demo_dataset()[1]):
+                print(f"demo data set: {line}")
+            counts = ", ".join(f"{len(hub.records(t))} {t}" for t in OBJECT_TYPES)
+            print(f"demo data set: {counts} loaded")
         app = hub.oauth
         print(f"HubSpot sandbox  HUBSPOT_API_URL={hub.url}  HUBSPOT_ACCESS_TOKEN={hub.api_key}")
         print(

@@ -208,6 +208,10 @@ class Portal:
                 self._index[item.object_type][item.object_id] = item.snapshot
         return list(self._index[object_type].values())
 
+    def settled_at(self) -> datetime | None:
+        """When every write made so far is searchable; None when it is already."""
+        return max((item.visible_at for item in self._pending), default=None)
+
     def index_now(self) -> None:
         """Settle every queued write at once (seeding: data that has been there a while)."""
         while self._pending:
