@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from crmsyncd.connectors.base import ConnectorError, Outcome, Page, RequestStats
@@ -98,6 +98,7 @@ class CollectionConnector:
     updated_field: str
     created_field: str | None
     stats: RequestStats
+    feed_lag: timedelta = timedelta(0)  # a list answers every write made before it
 
     def __init__(
         self,

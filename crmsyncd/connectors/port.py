@@ -135,6 +135,10 @@ class Connector(ChangeFeed, BatchWriter, Lookups, Protocol):
     # Where the API stamps a record's creation (a lost create is looked for among the records
     # created since its claim); None when it stamps none.
     created_field: str | None
+    # How long a write may take to show in the change feed (HubSpot's search index lags writes;
+    # 0 for the list APIs): a read of the feed proves nothing absent that was written later than
+    # this before the read began.
+    feed_lag: timedelta
     stats: RequestStats
 
     async def identify(self) -> SystemIdentity:

@@ -394,6 +394,14 @@ class PairWorker:
                 f"{self.entity.name} changed since the earlier attempt; not created again yet",
                 side=target,
             )
+        if not matches and pair.id in scan.unproven:
+            raise ConnectorError(
+                Outcome.RETRY,
+                f"lookup not conclusive yet: {target.value}'s change feed shows a write up to "
+                f"{connector.feed_lag.total_seconds():g}s after it is made, and the earlier attempt "
+                "ended more recently; not created again yet",
+                side=target,
+            )
         return self._one(matches, target, "the same content")
 
     def _one(self, matches: list[JSON], target: Side, what: str) -> JSON | None:

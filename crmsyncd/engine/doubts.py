@@ -3,7 +3,13 @@
 One scan of the target's records changed since the earliest unfinished claim serves every doubt
 of an entity at once: a record matches a doubt by the normalised match key where the doubt has
 one, else by holding exactly the values the create would have sent. A scan cut short by its
-budget proves nothing absent, so such doubts stay doubts (and are parked, never re-created)."""
+budget proves nothing absent, so such doubts stay doubts (and are parked, never re-created).
+
+Nor does a feed that lags writes (HubSpot's search index: a record is searchable a few seconds
+after it is written) prove absent a create made less than its `feed_lag` before the scan: such
+a doubt is `unproven`, and stays a doubt until a later scan can tell. When the earlier attempt
+ended is known from the row: the release that parked it (`updated_at`), or, for an attempt of an
+earlier life of the daemon that a kill cut short, the start of this process."""
 
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from crmsyncd.store.pairs import Pair
 # How far before the earliest unfinished claim the scan starts: covers the clock skew between our
 # database and the target's server.
 LOOKUP_WINDOW = timedelta(minutes=10)
+# Every write of an earlier life of the daemon ended before this process began.
+PROCESS_STARTED = datetime.now(UTC)
 
 
 @dataclass(slots=True)
@@ -30,6 +38,13 @@ class ScanResult:
     matches: dict[int, list[JSON]] = field(default_factory=lambda: defaultdict(list))
     complete: bool = True
     by_likeness: int = 0  # doubts matched by the fallback below, for the log
+    # Doubts whose create may have been written too recently for the feed to show it.
+    unproven: set[int] = field(default_factory=set)
+
+
+def attempt_ended_by(pair: Pair) -> datetime:
+    """A moment by which the pair's last attempt had ended, its remote writes with it."""
+    return max(pair.updated_at or PROCESS_STARTED, PROCESS_STARTED)
 
 
 def _fingerprint(values: Values, names: Sequence[str]) -> bytes:
@@ -51,6 +66,14 @@ async def scan_for_creates(
     result = ScanResult()
     if not doubts:
         return result
+    # Writes the feed may not show yet: those that ended after this instant.
+    if connector.feed_lag > timedelta(0):
+        shown_until = datetime.now(UTC) - connector.feed_lag
+        # A pair no attempt meant to create on `target` (its intent names nothing there: it
+        # failed before planning, as on a contact not linked yet) has nothing to wait for.
+        result.unproven = {
+            pair.id for pair, _ in doubts if pair.intended(target) and attempt_ended_by(pair) > shown_until
+        }
     key_field = entity.match_key
     key_name = entity.field(key_field).remote_name(target) if key_field else None
     by_key: dict[str, list[int]] = defaultdict(list)

@@ -34,6 +34,7 @@ async def resolve_doubts(ctx: EngineContext, entity: EntitySpec, counts: PassCou
     refs = await resolve_refs(ctx.pairs, entity, wanted) if wanted else {}
     found: list[Link] = []
     cleared: list[int] = []
+    too_recent = 0  # not found, but written maybe too recently for the target's feed to show
     for target in Side:
         items = []
         for pair in doubts:
@@ -83,7 +84,10 @@ async def resolve_doubts(ctx: EngineContext, entity: EntitySpec, counts: PassCou
                 # What the create sent is what both sides agreed on at that moment.
                 found.append(Link(pair.id, target, record_id, body, at, base=sent))
             elif not bodies and scan.complete:
-                cleared.append(pair.id)
+                if pair.id in scan.unproven:
+                    too_recent += 1
+                else:
+                    cleared.append(pair.id)
     refused = await ctx.links.adopt(found)
     await ctx.links.clear_doubt(cleared)
     counts.linked += len(found) - len(refused)
@@ -101,4 +105,5 @@ async def resolve_doubts(ctx: EngineContext, entity: EntitySpec, counts: PassCou
         doubts=len(doubts),
         found=len(found) - len(refused),
         proven_absent=len(cleared),
+        too_recent_to_prove=too_recent,
     )

@@ -45,6 +45,9 @@ class Pair:
     attempts: int
     claimed_at: datetime | None
     intent: JSON | None  # {"ecosire"|"crm": {field: value}} written before the remote calls
+    # When the row last changed: the release that parks a failed attempt sets it, so that
+    # attempt's remote writes ended before it (engine/doubts.py, a lagging feed's proof).
+    updated_at: datetime | None = None
 
     def id_of(self, side: Side) -> str | None:
         return self.ecosire_id if side is Side.ECOSIRE else self.crm_id

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import aiohttp
 
@@ -53,6 +53,7 @@ class HubSpotConnector:
             wanted[object_type] = list(dict.fromkeys(names))
         self.properties = wanted
         self.max_batch = settings.batch_size
+        self.feed_lag = timedelta(seconds=settings.search_lag)
         self._writer = Writer(self.client, settings.batch_size)
         self._lookups = Lookups(self.client, wanted)
 

@@ -62,6 +62,11 @@ class HubSpotSettings(BaseSettings):
     search_per_second: Annotated[int, Field(ge=1, le=100)] = Field(
         5, validation_alias=AliasChoices("HUBSPOT_SEARCH_RATE", "search_per_second")
     )
+    # Seconds a write may take to become searchable ("a few moments", say HubSpot's docs): a
+    # create whose answer was lost is not taken for absent by a search made sooner than this.
+    search_lag: Annotated[float, Field(ge=0, le=3600)] = Field(
+        15.0, validation_alias=AliasChoices("HUBSPOT_SEARCH_LAG", "search_lag")
+    )
     # Set by the caller (the app passes CRMSYNCD_HTTP_TIMEOUT and its retry settings).
     timeout: Annotated[float, Field(gt=0)] = Field(30.0, validation_alias=AliasChoices("timeout"))
     read_attempts: Annotated[int, Field(ge=1)] = Field(4, validation_alias=AliasChoices("read_attempts"))
