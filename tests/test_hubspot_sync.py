@@ -4,6 +4,7 @@ the ECOSIRE sandbox and the HubSpot sandbox over real HTTP, state in real Postgr
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,44 @@ async def test_missing_hubspot_credentials_exit_2_naming_the_variables(hub_env: 
     result = await run_cli("sync", "--once", env=env)
     assert result.code == 2
     assert "HUBSPOT_ACCESS_TOKEN" in result.stderr
+
+
+class SteppedClock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+async def test_an_edit_the_search_index_shows_after_later_ones_is_still_synced(
+    hub_env: dict[str, str], eco: EcosireSandbox, hubspot: HubSpotSandbox
+) -> None:
+    """HubSpot's search index takes its time, unevenly: an edit can become searchable after an
+    edit stamped later, which a pass reads and moves its cursor past. The next pass re-reads at
+    least the connector's search lag (HUBSPOT_SEARCH_LAG) before its cursor, so the late one is
+    found although it is stamped before the cursor by more than CRMSYNCD_OVERLAP."""
+    clock = SteppedClock(datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
+    hubspot.clock = clock
+    assert (await run_cli("hubspot", "setup", "--tags", TAGS, env=hub_env)).code == 0
+    eco.seed("contacts", [{"name": f"Eco Person{i}", "email": f"eco{i}@mail.example"} for i in range(3)])
+    assert (await run_cli("sync", "--once", env=hub_env)).code == 0
+    hub = {r["properties"]["email"]: r["id"] for r in hubspot.records("contacts")}
+
+    clock.advance(60)
+    hubspot.search_lag = 8.0  # this edit is searchable 8 s from now
+    hubspot.edit("contacts", hub["eco1@mail.example"], lastname="Late")
+    hubspot.search_lag = 0.0
+    clock.advance(3)
+    hubspot.edit("contacts", hub["eco2@mail.example"], lastname="Early")  # stamped later, seen first
+    assert (await run_cli("sync", "--once", env=hub_env)).code == 0
+    eco_by = by_email(eco.records("contacts"), "email")
+    assert eco_by["eco2@mail.example"]["name"] == "Eco Early"
+    assert eco_by["eco1@mail.example"]["name"] == "Eco Person1"  # not searchable yet
+
+    clock.advance(10)  # the late edit is in the index now, stamped 3 s before the cursor
+    assert (await run_cli("sync", "--once", env={**hub_env, "CRMSYNCD_OVERLAP": "1"})).code == 0
+    assert by_email(eco.records("contacts"), "email")["eco1@mail.example"]["name"] == "Eco Late"

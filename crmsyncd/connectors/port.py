@@ -96,6 +96,11 @@ class WriteResult:
 
 
 class BatchWriter(Protocol):
+    """Creates, updates and deletes in the API's batches. A connector whose API upserts by a
+    match key (HubSpot's contacts by email) offers `upsert_many` besides; the engine does not use
+    it for creates: a create answered 409 is linked to the record holding the key only once the
+    engine has checked that no other pair owns it, which an upsert would skip."""
+
     # Inputs one call may carry (1: the API writes one record a request).
     max_batch: int
 

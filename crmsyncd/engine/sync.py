@@ -83,7 +83,9 @@ async def _read(
     # cursor's own stamp, whose later ids may be unread) inside it.
     since = None
     settles = False
-    overlap = ctx.settings.overlap
+    # A feed that shows writes late, and so not always in stamp order (HubSpot's search index),
+    # needs at least its lag re-read.
+    overlap = max(ctx.settings.overlap, connector.feed_lag)
     if cursor is not None and full is None:
         since = cursor.updated_at - (timedelta(0) if cursor.window_settled else overlap) - TICK
         settles = not cursor.window_settled and cursor.age >= overlap.total_seconds()
