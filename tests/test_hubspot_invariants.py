@@ -8,10 +8,13 @@ killed with SIGKILL at seeded random instants, as tests/test_crash.py does for t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,8 +25,11 @@ from crmsyncd.domain.canonical import normalise_key
 from crmsyncd.sandbox import EcosireSandbox
 from crmsyncd.sandbox.hubspot import HubSpotSandbox
 from crmsyncd.sandbox.store import utc_now
-from tests.conftest import run_cli
-from tests.test_hubspot_sync import TAGS, hub_contact, hub_env
+from crmsyncd.store.db import create_pool
+from tests.conftest import TickingClock, run_cli
+from tests.crash_daemon import Daemon, WriteSpy
+from tests.test_crash import converge, run_env
+from tests.test_hubspot_sync import TAGS, hub_contact, hub_env, writes
 from tests.test_lost_answers import LOST_AFTER_COMMIT, settle
 
 __all__ = ["hub_env"]  # the fixture, shared with tests/test_hubspot_sync.py
@@ -229,3 +235,194 @@ async def test_bad_hubspot_records_and_a_refused_input_are_parked_naming_the_fie
     # Parked, they do not come back to haunt: the next pass writes nothing.
     again = await app.engine.sync_pass(app.entities)
     assert again.status == "ok" and again.counts.writes == 0
+
+
+# -- 4. echo-free quiet passes --------------------------------------------------------------------
+
+
+async def test_quiet_passes_with_hubspot_write_nothing_and_cost_a_search_and_a_listing_per_entity(
+    hub_env: dict[str, str], eco: EcosireSandbox, hubspot: HubSpotSandbox
+) -> None:
+    """After an initial sync both ways (contacts and deals), passes write nothing: our own writes,
+    read back, are echoes. A quiet pass costs HubSpot one search per entity, the archived listing
+    the feed reads at its end (deletions do not show in search), and the contacts of the deals
+    re-read at the cursor's stamp: five requests."""
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    eco.clock = TickingClock(start)
+    hubspot.clock = TickingClock(start)
+    people = eco.seed(
+        "contacts",
+        [{"name": f"Eco Person{i}", "email": f"eco{i}@mail.example", "tags": ["vip"]} for i in range(150)],
+    )
+    hubs = hubspot.seed(
+        "contacts", [hub_contact("Hub", f"Person{i}", f"hub{i}@mail.example") for i in range(120)]
+    )
+    eco.seed(
+        "deals",
+        [{"title": f"Eco deal {i}", "amount": 100 + i, "contactId": people[i]["id"]} for i in range(30)],
+    )
+    hubspot.seed(
+        "deals",
+        [
+            {
+                "properties": {"dealname": f"Hub deal {i}", "amount": "5"},
+                "associations": {"contacts": [hubs[i]["id"]]},
+            }
+            for i in range(30)
+        ],
+    )
+    # Stamps 3 s apart (TickingClock) and a search lag below that: the re-read window holds only
+    # the cursor's own stamp, as on a day that has been quiet for longer than the lag.
+    async with hubspot_app({**hub_env, "HUBSPOT_SEARCH_LAG": "1"}) as app:
+        first = await app.engine.sync_pass(app.entities)
+        assert first.status == "ok" and first.counts.created == {"crm": 180, "ecosire": 150}
+        passes = [await app.engine.sync_pass(app.entities) for _ in range(2)]
+        hubspot.requests.clear()
+        eco.requests.clear()
+        quiet = await app.engine.sync_pass(app.entities)
+
+    assert all(p.counts.writes == 0 for p in passes) and quiet.counts.writes == 0
+    assert writes(hubspot) == 0 and writes(eco) == 0
+    print(f"a quiet pass: HubSpot {dict(hubspot.requests)}, ECOSIRE {dict(eco.requests)}")
+    assert dict(hubspot.requests) == {
+        f"POST {CONTACTS}/search": 1,
+        f"GET {CONTACTS}": 1,  # archived=true
+        f"POST {DEALS}/search": 1,
+        # The deals at the cursor's stamp (one batch create stamps its 30 alike) are read again
+        # (search filters GTE the stamp) and their contacts with them; then dropped as echoes.
+        "POST /crm/v4/associations/deals/contacts/batch/read": 1,
+        f"GET {DEALS}": 1,
+    }
+    assert dict(eco.requests) == {"GET /contacts": 1, "GET /deals": 1}
+
+
+# -- 2. kill -9 storm ---------------------------------------------------------------------------------
+
+STORM_SEED = 20261202
+STORM_KILLS = 10
+
+
+@pytest.mark.timeout(300)
+async def test_kill_9_at_random_moments_with_hubspot_duplicates_nothing(
+    hub_env: dict[str, str],
+    eco: EcosireSandbox,
+    hubspot: HubSpotSandbox,
+    record_property: Callable[[str, object], None],
+) -> None:
+    """An initial sync of 300 contacts and 150 deals each way (deals on their own side's
+    contacts; ten contacts and five deals a side more while it is down), `crmsyncd run` killed
+    with SIGKILL STORM_KILLS times at instants drawn from a seeded random.Random (some of them
+    just after a deal batch is sent: deals are written last, and have no match key to be found
+    by), restarted each time; HubSpot's search lags writes by a second. At the end: every record
+    once on each side, all linked, and passes write nothing."""
+    assert (await run_cli("hubspot", "setup", "--tags", TAGS, env=hub_env)).code == 0
+    eco.latency = hubspot.latency = 0.003
+    hubspot.search_lag = 1.0
+    emails: set[str] = set()
+    titles: set[str] = set()
+
+    def add(first: int, people: int, deals: int) -> None:
+        """`people` new contacts a side, and `deals` new deals a side on them."""
+        span = range(first, first + people)
+        eco_people = eco.seed(
+            "contacts", [{"name": f"Eco Person{i}", "email": f"eco{i}@mail.example"} for i in span]
+        )
+        hub_people = hubspot.seed(
+            "contacts", [hub_contact("Hub", f"Person{i}", f"hub{i}@mail.example") for i in span]
+        )
+        eco.seed(
+            "deals",
+            [
+                {"title": f"Eco deal {first + i}", "amount": 1000 + i, "contactId": eco_people[i]["id"]}
+                for i in range(deals)
+            ],
+        )
+        hubspot.seed(
+            "deals",
+            [
+                {
+                    "properties": {"dealname": f"Hub deal {first + i}", "amount": f"{10 + i}.5"},
+                    "associations": {"contacts": [hub_people[i]["id"]]},
+                }
+                for i in range(deals)
+            ],
+        )
+        emails.update(f"{side}{i}@mail.example" for side in ("eco", "hub") for i in span)
+        titles.update(f"{side} deal {first + i}" for side in ("Eco", "Hub") for i in range(deals))
+
+    add(0, 300, 150)
+    spy = WriteSpy()
+    spy.watch(eco, "POST /deals")
+    spy.watch(hubspot, f"POST {DEALS}/batch/create")
+    env = run_env({**hub_env, "HUBSPOT_SEARCH_LAG": "2"}, CRMSYNCD_RETRY_INTERVAL="2")
+    rng = random.Random(STORM_SEED)
+    started = time.monotonic()
+    for life in range(STORM_KILLS):
+        daemon = Daemon(env, life)
+        spy.arm()
+        await daemon.start()
+        mode = rng.choice(("time", "deals"))
+        delay = rng.uniform(0.5, 3.0) if mode == "time" else rng.uniform(0.0, 0.3)
+        if mode == "deals":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(spy.hit.wait(), 20)
+            deadline = time.monotonic() + delay
+        else:
+            deadline = daemon.started_at + delay
+        assert await daemon.live_until(deadline), f"life {life} ended by itself:\n{daemon.tail()}"
+        await daemon.kill()
+        print(f"kill {life + 1} ({mode}, {delay:.2f}s)")
+        add(1000 * (life + 1), 10, 5)  # users add records while it is down
+    final = Daemon(env, STORM_KILLS)
+    await final.start()
+    pool = await create_pool(hub_env["CRMSYNCD_DATABASE_URL"])
+    try:
+        converged, passes = await converge(final, pool, 120)
+        assert await final.stop() == 0, final.tail()
+        linked = await pool.fetch(
+            "SELECT entity, ecosire_id, crm_id FROM record_map"
+            " WHERE ecosire_id IS NOT NULL AND crm_id IS NOT NULL"
+        )
+        errors = await pool.fetch(
+            "SELECT entity, side, record_id, reason FROM sync_error WHERE status <> 'resolved'"
+        )
+    finally:
+        await pool.close()
+
+    sides = {
+        "ecosire contacts": Counter(normalise_key(r["email"]) or "" for r in eco.records("contacts")),
+        "hubspot contacts": copies(hubspot, "contacts", "email"),
+        "ecosire deals": Counter(str(r["title"]) for r in eco.records("deals")),
+        "hubspot deals": copies(hubspot, "deals", "dealname"),
+    }
+    duplicates = {side: sum(n - 1 for n in seen.values()) for side, seen in sides.items()}
+    records = {side: sum(seen.values()) for side, seen in sides.items()}
+    numbers = {
+        "kills": STORM_KILLS,
+        "records_per_side": records,
+        "duplicates": duplicates,
+        "linked_pairs": len(linked),
+        "open_errors": len(errors),
+        "converged": converged,
+        "passes_to_converge": passes,
+        "storm_seconds": round(time.monotonic() - started, 1),
+    }
+    for name, value in numbers.items():
+        record_property(name, value)
+    print("hubspot crash storm:", numbers)
+    assert converged, f"no convergence after {passes} passes:\n{final.tail()}"
+    assert sum(duplicates.values()) == 0, {
+        s: [k for k, n in c.items() if n > 1][:10] for s, c in sides.items()
+    }
+    assert set(sides["ecosire contacts"]) == set(sides["hubspot contacts"]) == emails
+    assert set(sides["ecosire deals"]) == set(sides["hubspot deals"]) == titles
+    # Every record linked to its counterpart, and nothing left parked.
+    by_entity = Counter(r["entity"] for r in linked)
+    assert by_entity == {"contacts": len(emails), "deals": len(titles)}
+    assert {r["ecosire_id"] for r in linked if r["entity"] == "contacts"} == {
+        r["id"] for r in eco.records("contacts")
+    }
+    assert {r["crm_id"] for r in linked if r["entity"] == "deals"} == {
+        r["id"] for r in live(hubspot, "deals")
+    }
+    assert errors == []
