@@ -107,11 +107,13 @@ async def test_contacts_and_deals_sync_both_ways_with_hubspot_and_a_second_pass_
     hub_ben = next(r for r in hubspot.records("contacts") if r["properties"]["email"] == "ben@mail.example")
     assert [a["id"] for a in deal["associations"]["contacts"]["results"]] == [hub_ben["id"]]
 
-    # Batches of 100, as full as the work allows: 151 contacts created (Ben and the 150) in 2
-    # calls; the 121 HubSpot-only contacts get ECOSIRE's default type back, plus Ana's tags: 122
-    # updates in 2 calls; the deal in 1.
-    assert hubspot.requests["POST /crm/v3/objects/contacts/batch/create"] == 2
-    assert hubspot.requests["POST /crm/v3/objects/contacts/batch/update"] == 2
+    # Batches of 100, as full as the work allows: 151 contacts created (Ben and the 150), at
+    # least 2 calls; the 121 HubSpot-only contacts get ECOSIRE's default type back, plus Ana's
+    # tags: 122 updates, at least 2 calls; the deal, 1. A batch leaves when full or after its
+    # linger, which a loaded machine can cut short: twice the minimum is the bound asserted here
+    # (one request a record, unbatched, would be 274); the bench measures the exact figure.
+    assert 2 <= hubspot.requests["POST /crm/v3/objects/contacts/batch/create"] <= 4
+    assert 2 <= hubspot.requests["POST /crm/v3/objects/contacts/batch/update"] <= 4
     assert hubspot.requests["POST /crm/v3/objects/deals/batch/create"] == 1
 
     hubspot.requests.clear()
