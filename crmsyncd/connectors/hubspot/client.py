@@ -187,7 +187,10 @@ class HubSpotClient:
             clock=clock,
             rng=rng,
         )
-        self.search_pacer = Pacer(None, default_per_minute=settings.search_per_second * 60, **pacing)
+        # A tenth below the limit: starts spaced at exactly 1/5 s arrive a few milliseconds closer
+        # now and then, and HubSpot counts arrivals in its one-second window (at the limit itself,
+        # about one search in seven was answered 429).
+        self.search_pacer = Pacer(None, default_per_minute=max(1, settings.search_per_second * 54), **pacing)
 
     @property
     def stats(self) -> RequestStats:
