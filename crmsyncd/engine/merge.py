@@ -35,10 +35,11 @@ async def merge(
     # within its limit however many workers wait on it.
     # An API that writes in batches needs a batch's worth of writes at once for its batches to
     # fill (engine/batching.py), and the workers of both queues write to it (a pair's first write
-    # picks its queue, its others follow): each side gets at least that many, and as much queue.
-    # Pacers, not worker counts, keep each API within its limit.
+    # picks its queue, its others follow): each side gets at least two batches' worth, one in
+    # flight and one filling, and a batch's worth of queue. Pacers, not worker counts, keep each
+    # API within its limit.
     batch = max(connector.max_batch for connector in ctx.connectors.values())
-    per_side = max(1, ctx.settings.workers // len(Side), batch)
+    per_side = max(1, ctx.settings.workers // len(Side), 2 * batch if batch > 1 else 1)
     workers = dict.fromkeys(Side, per_side)
     queues: dict[Side, asyncio.Queue[tuple[Pair, Any] | None]] = {
         side: asyncio.Queue(max(1, ctx.settings.queue_size // len(Side), batch)) for side in Side
