@@ -1,4 +1,5 @@
-"""`python -m bench`: the benchmarks of issue 4, in one command.
+"""`python -m bench`: the benchmarks of issue 4, and HubSpot's of issue 9 (`--only hubspot`), in
+one command.
 
     python -m bench --quick        # smoke check, about two minutes
     python -m bench                # the full run (about 25 minutes on 2 cores): publishes docs/
@@ -23,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Postgres, scratch_dir, snapshot_source
+from bench.hubspot import hubspot_initial
 from bench.report import machine_facts, publish, render_markdown, write_plot
 from bench.scenarios import FULL, QUICK, Bench, Plan
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("initial", "limited", "paced", "scale")
+SECTIONS = ("initial", "limited", "paced", "scale", "hubspot")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,6 +81,9 @@ async def run(plan: Plan, only: set[str], out_dir: Path, stamp: str) -> dict[str
         if "scale" in only:
             say("5. scale and memory")
             results["scale"] = await bench.scale()
+        if "hubspot" in only:
+            say("6. HubSpot: initial sync against the HubSpot sandbox at HubSpot's limits")
+            results["hubspot"] = await hubspot_initial(bench)
         results["bench_seconds"] = time.monotonic() - started
         results["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:

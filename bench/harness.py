@@ -28,7 +28,7 @@ from crmsyncd.sandbox import CrmSandbox, EcosireSandbox, SandboxServer
 from crmsyncd.store.db import EmbeddedPostgres, database_name_dsn
 
 # Variables of ours a developer's shell may have set: a run must see only what the bench gives it.
-_OWN_PREFIXES = ("CRMSYNCD_", "ECOSIRE_", "CRM_", "DATABASE_URL")
+_OWN_PREFIXES = ("CRMSYNCD_", "ECOSIRE_", "CRM_", "HUBSPOT_", "DATABASE_URL")
 
 
 # ----- PostgreSQL -------------------------------------------------------------------------------
@@ -377,19 +377,24 @@ def daemon_env(
     workers: int | None = None,
     data_dir: Path,
     source: SourceSnapshot | None = None,
+    crm_kind: str = "rest",
 ) -> dict[str, str]:
+    """`crm_kind` "hubspot": `crm` is a HubSpot sandbox, reached through the HUBSPOT_* variables
+    (a private-app token)."""
     values = {
         "CRMSYNCD_DATABASE_URL": database_url,
         "CRMSYNCD_DATA_DIR": str(data_dir),
         "ECOSIRE_API_URL": eco.url,
         "ECOSIRE_API_KEY": eco.api_key,
-        "CRMSYNCD_CRM": "rest",
-        "CRM_API_URL": crm.url,
-        "CRM_API_KEY": crm.api_key,
+        "CRMSYNCD_CRM": crm_kind,
         "CRMSYNCD_ENTITIES": "contacts",
         "CRMSYNCD_LOG_FORMAT": "json",
         "CRMSYNCD_LOG_LEVEL": "info",
     }
+    if crm_kind == "hubspot":
+        values.update({"HUBSPOT_API_URL": crm.url, "HUBSPOT_ACCESS_TOKEN": crm.api_key})
+    else:
+        values.update({"CRM_API_URL": crm.url, "CRM_API_KEY": crm.api_key})
     # None leaves a variable unset: the server's rate-limit headers alone set the pace.
     if ecosire_rate_limit is not None:
         values["ECOSIRE_RATE_LIMIT"] = str(ecosire_rate_limit)

@@ -327,6 +327,23 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 q["pass_seconds"] < 1.0,
             )
         )
+    if "hubspot" in results:
+        h = results["hubspot"]
+        rows.append(
+            (
+                "HubSpot: requests per synced record within 5% of the minimum batch 100 / page 200 allow",
+                f"{h['per_synced']:.4f} vs {h['minimum_per_synced']:.4f} ({h['requests']} requests vs "
+                f"{h['minimum_requests']}: {h['ratio']:.3f}x, {h['synced']:,} records)",
+                h["ratio"] <= 1.05,
+            )
+        )
+        rows.append(
+            (
+                "HubSpot: no 429 at HubSpot's limits",
+                f"{h['rate_limited']} of {h['requests']} answered 429",
+                h["rate_limited"] == 0,
+            )
+        )
     if results.get("scale"):
         points = scale_summary(results["scale"])
         big = points[-1]
@@ -622,6 +639,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             ],
         )
         out += [""]
+    if "hubspot" in results:
+        out += hubspot_section(results["hubspot"])
     rows_t = targets(results)
     if rows_t:
         out += ["#### Targets", ""]
@@ -638,6 +657,54 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(out)
+
+
+def hubspot_section(h: dict[str, Any]) -> list[str]:
+    """The HubSpot part (bench/hubspot.py): HubSpot's requests by kind against the minimum."""
+    from crmsyncd.sandbox.hubspot.usage import KINDS
+
+    limits = h["limits"]
+    run = h["run"]
+    out = [
+        f"#### HubSpot: initial sync, {h['per_side']:,} contacts per side, {h['shared']:,} shared by "
+        f"email; HubSpot sandbox at HubSpot's limits ({limits['ten_second']} requests per rolling 10 s, "
+        f"{limits['search_per_second']} searches a second, search index {h['search_lag']:g} s behind "
+        f"writes), ECOSIRE unlimited, {h['latency_ms']:.0f} ms per request on both",
+        "",
+    ]
+    kinds, least, batches = h["kinds"], h["minimum"], h.get("batches", {})
+    names = [k for k in KINDS if k in kinds or k in least]
+    rows = []
+    for kind in names:
+        size = batches.get(kind)
+        rows.append(
+            [
+                kind,
+                str(kinds.get(kind, 0)),
+                str(least.get(kind, 0)),
+                f"{size['inputs']:,} in {size['calls']} calls: {size['full']} full, mean "
+                f"{size['mean']:.1f}, smallest {size['smallest']}"
+                if size
+                else "",
+            ]
+        )
+    rows.append(["**total**", f"**{h['requests']}**", f"**{h['minimum_requests']}**", f"{h['ratio']:.3f}x"])
+    out += _table(["HubSpot requests", "sent", "minimum", "records per call"], rows)
+    out += [
+        "",
+        f"The minimum: ceil({h['hubspot_at_start']:,} contacts HubSpot held / 200) searches, one archived "
+        f"list, ceil({h['created']:,} created / 100) batch creates, ceil({h['updated']:,} updated / 100) "
+        "batch updates (crmsyncd's own per-record counts), one account-details call; everything else "
+        "the run sent is overhead. "
+        f"{h['synced']:,} records synced in {run['wall_seconds']:.1f} s (process; pass "
+        f"{run['pass_seconds']:.1f} s): **{_n(h['records_per_minute'])} records per minute**; "
+        f"**{h['per_synced']:.4f} HubSpot requests per synced record** (minimum "
+        f"{h['minimum_per_synced']:.4f}); 429s: {h['rate_limited']} {h.get('refused_by_policy') or ''}; "
+        f"{100 * h['limit_share']:.0f}% of the 10-second limit used over the run (searches apart); "
+        f"parked {run['parked_total']}; end state {h['end_state']}.",
+        "",
+    ]
+    return out
 
 
 # ----- plot -------------------------------------------------------------------------------------

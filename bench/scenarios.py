@@ -28,6 +28,7 @@ from bench.harness import (
     run_measured,
     sandboxes,
 )
+from crmsyncd.sandbox import SandboxServer
 
 # "No rate limit" for the daemon's own pacer against a server that sends no rate-limit headers
 # (unset, ECOSIRE_RATE_LIMIT would fall back to the documented 60 a minute).
@@ -55,6 +56,9 @@ class Plan:
     limited_shared: int
     rate_limit: int  # requests per minute on each server
     scale_counts: tuple[int, ...]
+    # The HubSpot part (bench/hubspot.py): contacts per side, and how many of them on both.
+    hubspot_per_side: int = 10_000
+    hubspot_shared: int = 2_000
 
 
 QUICK = Plan(
@@ -72,6 +76,8 @@ QUICK = Plan(
     limited_shared=20,
     rate_limit=600,
     scale_counts=(5_000, 20_000),
+    hubspot_per_side=1_000,
+    hubspot_shared=200,
 )
 
 FULL = Plan(
@@ -110,11 +116,12 @@ class Bench:
         label: str,
         database: str,
         eco: BenchEcosire,
-        crm: BenchCrm,
+        crm: SandboxServer,
         *,
         proxied: bool = True,
         rate_limit: int | None = None,
         workers: int | None = None,
+        crm_kind: str = "rest",
     ) -> dict[str, Any]:
         dsn = self.pg.proxied_dsn(database) if proxied else self.pg.direct_dsn(database)
         env = daemon_env(
@@ -128,6 +135,7 @@ class Bench:
             workers=workers,
             data_dir=self.logs / "unused-data-dir",
             source=self.source,
+            crm_kind=crm_kind,
         )
         assert self.pg.proxy is not None
         before = await self.pg.table_writes(database)

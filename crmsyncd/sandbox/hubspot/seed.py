@@ -14,7 +14,8 @@ its CRM side is converted here, record by record, into the objects a HubSpot por
 - deals: `title` -> `dealname`, `amount` -> the decimal string HubSpot answers, `currency` ->
   `deal_currency_code`, `stage` -> `dealstage` through the default mapping's stage table, the
   default `pipeline`, and `contactId` -> an association with that contact.
-The REST CRM's pre-drawn contact ids (`c_900001`) become numeric portal ids (`900001`), above the
+Records stamped `createdAt` / `updatedAt` (the bench's data, which grew over time) keep their
+stamps. The REST CRM's pre-drawn contact ids (`c_900001`) become numeric portal ids (`900001`), above the
 ones the portal's counter hands out first (and it skips taken ids anyway).
 """
 
@@ -65,6 +66,7 @@ def as_hubspot(crm: Mapping[str, list[JSON]]) -> dict[str, list[JSON]]:
         if record.get("labels"):
             properties["ecosire_tags"] = ";".join(record["labels"])
         contact: JSON = {"properties": {k: v for k, v in properties.items() if v is not None}}
+        contact.update({k: record[k] for k in ("createdAt", "updatedAt") if k in record})  # stamped data
         if "id" in record:
             contact["id"] = _portal_id(record["id"])
             kept.add(contact["id"])
