@@ -404,8 +404,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         out += [
             f"The {part} section comes from a separate `--only {part}` run at {other.get('date', '?')} "
             f"on {other.get('cpu')} (load average at start {other.get('load_at_start')}, at end "
-            f"{other.get('load_at_end')}), crmsyncd {other.get('crmsyncd')}; the baseline it compares "
-            "with ran in that same run.",
+            f"{other.get('load_at_end')}), crmsyncd {other.get('crmsyncd')}"
+            + ("; the baseline it compares with ran in that same run." if part == "initial" else "."),
             "",
         ]
     if "initial" in results:
