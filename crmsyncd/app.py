@@ -144,7 +144,12 @@ _CRMS: dict[str, Callable[[Settings, aiohttp.ClientSession, MappingSpec], Connec
 
 def configured_secrets(settings: Settings) -> list[str]:
     """Every secret the configuration holds, for the log scrubber: the CRM's own included."""
-    held: list[SecretStr | None] = [settings.ecosire_api_key, settings.crm_api_key, settings.database_url]
+    held: list[SecretStr | None] = [
+        settings.ecosire_api_key,
+        settings.crm_api_key,
+        settings.database_url,
+        settings.http_token,
+    ]
     if settings.crm == "hubspot":
         with contextlib.suppress(Exception):  # a bad setting is reported when it is used
             hubspot = HubSpotSettings()
@@ -258,6 +263,7 @@ async def open_app(
                     overlap=timedelta(seconds=settings.overlap),
                     delete_guard=settings.delete_guard,
                     reconcile_budget=settings.reconcile_budget,
+                    progress_interval=settings.progress_interval,
                 ),
                 Backoff(base_seconds=settings.retry_backoff, max_attempts=settings.max_attempts),
             )

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TextIO, cast
 
 import orjson
 
@@ -36,6 +36,7 @@ from crmsyncd.engine.backfill import MappingStateChanged, RereadOutcome, orphan_
 from crmsyncd.engine.fieldcheck import check_mapping
 from crmsyncd.engine.passes import PassReport
 from crmsyncd.observability.logging import configure_logging
+from crmsyncd.observability.progress import TerminalBar, terminal_bar
 from crmsyncd.store.cursors import CursorStore
 from crmsyncd.store.errors import Backoff, ErrorStore
 from crmsyncd.store.fieldseen import FieldCheck, FieldCheckStore
@@ -222,7 +223,13 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_app(settings) as app:
+    # In a terminal, a progress bar on stderr; the log goes through it so the two never mix.
+    bar = TerminalBar(sys.stderr) if sys.stderr.isatty() else None
+    if bar is not None:
+        configure_logging(
+            settings.log_level, settings.log_format, configured_secrets(settings), stream=cast(TextIO, bar)
+        )
+    async with open_app(settings) as app, terminal_bar(bar, lambda: app.engine.live):
         report = await app.engine.sync_pass(app.select(args.entity))
     return _report_exit(report)
 

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     http_timeout: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = Field(
         30.0, validation_alias="CRMSYNCD_HTTP_TIMEOUT"
     )
+    # Seconds between a long pass's progress lines (a pass shorter than one logs none).
+    progress_interval: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = Field(
+        10.0, validation_alias="CRMSYNCD_PROGRESS_INTERVAL"
+    )
+    # The daemon's HTTP server (probes, metrics, status page): loopback unless told otherwise.
+    http_host: str = Field("127.0.0.1", min_length=1, validation_alias="CRMSYNCD_HTTP_HOST")
+    http_port: Annotated[int, Field(ge=0, le=65535)] = Field(8080, validation_alias="CRMSYNCD_HTTP_PORT")
+    http_token: SecretStr | None = Field(None, validation_alias="CRMSYNCD_HTTP_TOKEN")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias="CRMSYNCD_LOG_LEVEL"
     )
@@ -208,7 +216,7 @@ def _path_problems(text: str) -> list[str]:
     return problems
 
 
-_SECRET_VARS = {"ECOSIRE_API_KEY", "CRM_API_KEY", "CRMSYNCD_DATABASE_URL"}
+_SECRET_VARS = {"ECOSIRE_API_KEY", "CRM_API_KEY", "CRMSYNCD_DATABASE_URL", "CRMSYNCD_HTTP_TOKEN"}
 
 
 def _describe(err: Any) -> str:

@@ -24,7 +24,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from crmsyncd.app import App, open_app
 from crmsyncd.config import Settings
 from crmsyncd.engine.passes import PassReport
+from crmsyncd.observability.http import DaemonState, serve_http
 from crmsyncd.observability.logging import get_logger
+from crmsyncd.observability.metrics import Metrics
 from crmsyncd.store.db import DATABASE_ERRORS, describe_database_error
 from crmsyncd.store.runs import prune_history
 
@@ -49,6 +51,7 @@ class _Stopper:
         self.app: App | None = None
         self.jobs: set[asyncio.Task[Any]] = set()
         self.at = 0.0
+        self.health = DaemonState()  # what the HTTP server's probes read
 
     def on_signal(self, signum: int) -> None:
         self.signals += 1
@@ -62,6 +65,7 @@ class _Stopper:
                 task.cancel()
 
     def stop(self) -> None:
+        self.health.stopping = True  # not ready from now on
         if self.app is not None:
             self.app.engine.stopping.set()
         self.requested.set()
@@ -94,20 +98,23 @@ async def run_daemon(settings: Settings) -> int:
     # as soon as the app is open, instead of killing the process half-way.
     for signum in _SIGNALS:
         loop.add_signal_handler(signum, stopper.on_signal, signum)
+    metrics = Metrics()
     try:
-        async with open_app(settings) as app:
-            stopper.app = app
+        # The HTTP server first: a port in use stops the start before the database is opened,
+        # and the probes answer (alive, not ready) while it opens and migrates.
+        async with serve_http(settings, stopper.health, metrics), open_app(settings) as app:
+            stopper.app = stopper.health.app = app
             if stopper.requested.is_set():
                 stopper.stop()
                 log.info("daemon_stopped", reason="signal", seconds=0.0, cancelled=False)
                 return 0
-            return await _serve(app, settings, stopper)
+            return await _serve(app, settings, stopper, metrics)
     finally:
         for signum in _SIGNALS:
             loop.remove_signal_handler(signum)
 
 
-async def _serve(app: App, settings: Settings, stopper: _Stopper) -> int:
+async def _serve(app: App, settings: Settings, stopper: _Stopper, metrics: Metrics) -> int:
     async def guarded(job: str) -> None:
         if stopper.requested.is_set():
             return
@@ -133,6 +140,8 @@ async def _serve(app: App, settings: Settings, stopper: _Stopper) -> int:
             return
         finally:
             stopper.jobs.discard(task)
+        if report is not None:
+            metrics.record_pass(report, time.time())
         if report is not None and report.status == "failed":
             # Refused credentials will not fix themselves: stop and say so. Any other trouble
             # (an API down past its retries, the database away) waits for the next interval.
@@ -174,6 +183,7 @@ async def _serve(app: App, settings: Settings, stopper: _Stopper) -> int:
             **common,
         )
     scheduler.start()
+    stopper.health.scheduler = scheduler
     log.info(
         "daemon_started",
         entities=[e.name for e in app.entities],

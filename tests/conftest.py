@@ -95,6 +95,9 @@ def env(database_url: str, eco: EcosireSandbox, crm: CrmSandbox, tmp_path: Path)
         "CRMSYNCD_HTTP_TIMEOUT": "5",
         "CRMSYNCD_LOG_FORMAT": "json",
         "CRMSYNCD_LOG_LEVEL": "info",
+        # Any free port for the daemon's HTTP server: daemons of tests running at once never
+        # contend for the default one.
+        "CRMSYNCD_HTTP_PORT": "0",
     }
     mp = pytest.MonkeyPatch()
     for name in list(os.environ):

@@ -23,6 +23,7 @@ Event = dict[str, Any]
 def daemon_env(env: Mapping[str, str], **overrides: str) -> dict[str, str]:
     """The process environment: ours without any crmsyncd variable, then the test's."""
     full = {k: v for k, v in os.environ.items() if not k.startswith(("CRMSYNCD_", "ECOSIRE_", "CRM_"))}
+    full["CRMSYNCD_HTTP_PORT"] = "0"  # any free port, unless the test's environment says one
     full.update(env)
     full.update(overrides)
     return full

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from crmsyncd.connectors.port import Connector
 from crmsyncd.domain.records import Side
+from crmsyncd.engine.live import LivePass
 from crmsyncd.engine.stage import Stager
 from crmsyncd.store.cursors import CursorStore
 from crmsyncd.store.db import Pool
@@ -31,6 +32,7 @@ class EngineSettings:
     flush_interval: float = 0.5
     delete_guard: float = 0.1  # the largest share of an entity one pass may delete
     reconcile_budget: int = 1000  # list requests per entity and side for one full listing
+    progress_interval: float = 10.0  # seconds between a long pass's progress lines
 
 
 class EngineContext:
@@ -53,3 +55,5 @@ class EngineContext:
         self.stager = Stager(pool, self.pairs, self.cursors, self.errors)
         # Set by a signal: pagers stop after their page, workers after their record.
         self.stopping = asyncio.Event()
+        # The pass in flight (engine/live.py), read by the progress line, bar and status page.
+        self.live: LivePass | None = None

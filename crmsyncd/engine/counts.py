@@ -10,6 +10,8 @@ from typing import Any
 @dataclass(slots=True)
 class PassCounts:
     seen: Counter[str] = field(default_factory=Counter)  # by side
+    # What each side's feed said it held when its read began, by side, where it says (progress).
+    listed: Counter[str] = field(default_factory=Counter)
     echoes: int = 0  # records whose mapped values equal what we last wrote: nothing to do
     staged: int = 0
     linked: int = 0  # pairs formed by the match key instead of a create
@@ -34,6 +36,7 @@ class PassCounts:
     def add(self, other: PassCounts) -> None:
         for name in (
             "seen",
+            "listed",
             "created",
             "updated",
             "reverted",

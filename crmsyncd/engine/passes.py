@@ -4,6 +4,7 @@ job (and, inside, the entity) are bound to every log line written meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from crmsyncd.domain.records import Side
 from crmsyncd.engine.apply import AuthFailure, DeleteGuardTripped, PassStopped, pass_stopper
 from crmsyncd.engine.context import EngineContext
 from crmsyncd.engine.counts import PassCounts
+from crmsyncd.engine.live import LivePass
 from crmsyncd.observability.logging import get_logger
+from crmsyncd.observability.progress import progress_lines
 from crmsyncd.store.db import DATABASE_ERRORS, describe_database_error
 from crmsyncd.store.locks import entity_lock
 
@@ -49,6 +52,8 @@ class PassReport:
     requests: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    # The counts of each entity worked on, whose sum is `counts` (metrics by entity).
+    entities: dict[str, PassCounts] = field(default_factory=dict)
 
 
 # One job's work on one entity within a pass.
@@ -61,16 +66,28 @@ async def run_pass(
     """Run `body` for each entity under its lock, and record and log what the pass did."""
     run_id = await ctx.runs.start(kind)
     with bound_contextvars(run=run_id, job=kind.value):
-        return await _run_entities(ctx, run_id, kind, entities, body)
+        live = ctx.live = LivePass(run_id, kind.value)
+        # A pass longer than the interval logs a progress line at every interval.
+        ticker = asyncio.create_task(progress_lines(live, ctx.settings.progress_interval))
+        try:
+            return await _run_entities(ctx, run_id, kind, entities, body, live)
+        finally:
+            ticker.cancel()
+            ctx.live = None
 
 
 async def _run_entities(
-    ctx: EngineContext, run_id: int, kind: PassKind, entities: Sequence[EntitySpec], body: EntityJob
+    ctx: EngineContext,
+    run_id: int,
+    kind: PassKind,
+    entities: Sequence[EntitySpec],
+    body: EntityJob,
+    live: LivePass,
 ) -> PassReport:
     counts = PassCounts()
     before = {side: ctx.connectors[side].stats.total for side in Side}
     started = time.monotonic()
-    report = PassReport(run_id, kind, PassStatus.OK, counts)
+    report = PassReport(run_id, kind, PassStatus.OK, counts, entities=live.entities)
     problems: list[str] = []
     try:
         for entity in entities:
@@ -87,7 +104,13 @@ async def _run_entities(
                         )
                         continue
                     with bound_contextvars(entity=entity.name):
-                        await body(entity, run_id, counts)
+                        # Its own counts, readable while it runs (engine/live.py).
+                        entity_counts = live.begin(entity.name)
+                        try:
+                            await body(entity, run_id, entity_counts)
+                        finally:
+                            counts.add(entity_counts)
+                            live.end()
             except DeleteGuardTripped as exc:
                 report.status = PassStatus.BLOCKED
                 problems.append(f"{entity.name}: {exc}")

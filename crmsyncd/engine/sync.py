@@ -93,10 +93,14 @@ async def _read(
         entity.resource(side), since=since, checkpoint=cursor.checkpoint if cursor and full is None else None
     )
     complete = False
+    listed = False  # this read's total is counted (a backfill reads a side twice in a pass)
     deleted: list[str] = []  # ids the feed reports deleted (HubSpot's archived records)
     try:
         async with contextlib.aclosing(pages):
             async for page in pages:
+                if page.total is not None and not listed:
+                    counts.listed[side.value] += page.total  # for the progress figures
+                    listed = True
                 deleted.extend(page.deleted)
                 if watch is not None:
                     watch.feed([body for _, _, body in page.records])

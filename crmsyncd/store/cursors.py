@@ -75,6 +75,16 @@ class CursorStore:
             (entity, side.value, at.stamp, at.record_id, at.token),
         )
 
+    async def lags(self) -> list[asyncpg.Record]:
+        """Per entity and side, seconds from the newest stamp read to now and since the cursor
+        was saved, on the database's clock (metrics, status page)."""
+        return await self.pool.fetch(
+            "SELECT entity, side, updated_at, record_id, saved_at,"
+            " extract(epoch FROM now() - updated_at)::float8 AS lag,"
+            " extract(epoch FROM now() - saved_at)::float8 AS age"
+            " FROM sync_cursor ORDER BY entity, side"
+        )
+
     async def all(self) -> list[asyncpg.Record]:
         return await self.pool.fetch(
             "SELECT entity, side, updated_at, record_id, saved_at FROM sync_cursor ORDER BY entity, side"

@@ -282,6 +282,22 @@ class ErrorStore:
         )
         return int(result.split()[-1])
 
+    async def latest(self, status: str, limit: int = 50) -> list[asyncpg.Record]:
+        """Rows of one status, the latest changed first (the status page)."""
+        return await self.pool.fetch(
+            f"SELECT {_COLUMNS}, next_attempt_at, created_at, updated_at FROM sync_error"
+            " WHERE status = $1 ORDER BY updated_at DESC, id DESC LIMIT $2",
+            status,
+            limit,
+        )
+
+    async def open_counts(self) -> list[asyncpg.Record]:
+        """Open rows (pending, dead) by entity, side, status and error class (metrics)."""
+        return await self.pool.fetch(
+            "SELECT entity, side, status, error_class, count(*) AS n FROM sync_error"
+            " WHERE status <> 'resolved' GROUP BY entity, side, status, error_class"
+        )
+
     async def list(self, *, dead_only: bool = False, limit: int = 1000) -> list[asyncpg.Record]:
         return await self.pool.fetch(
             f"""

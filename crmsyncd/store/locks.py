@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.store.db import DATABASE_ERRORS, Pool, describe_database_error
@@ -12,10 +12,28 @@ from crmsyncd.store.db import DATABASE_ERRORS, Pool, describe_database_error
 log = get_logger()
 
 
+def _key(entity: str) -> int:
+    return zlib.crc32(f"crmsyncd:{entity}".encode())
+
+
+async def lock_holders(pool: Pool, entities: Sequence[str]) -> dict[str, int]:
+    """Which of these entities' locks are held now, and by which database session (its pid):
+    the replicas at work. A bigint advisory key shows in pg_locks as classid (its high half,
+    0 for ours) and objid (its low half), with objsubid 1."""
+    keys = {_key(entity): entity for entity in entities}
+    rows = await pool.fetch(
+        "SELECT objid::bigint AS key, pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid = 0 AND objsubid = 1 AND objid::bigint = ANY($1::bigint[])"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        list(keys),
+    )
+    return {keys[row["key"]]: row["pid"] for row in rows}
+
+
 @contextlib.asynccontextmanager
 async def entity_lock(pool: Pool, entity: str) -> AsyncIterator[bool]:
     """Try the entity's lock: yields whether it is held (another daemon may have it)."""
-    key = zlib.crc32(f"crmsyncd:{entity}".encode())
+    key = _key(entity)
     async with pool.acquire() as conn:
         held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", key)
         try:

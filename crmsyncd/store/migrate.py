@@ -33,6 +33,15 @@ def available_migrations() -> list[Migration]:
     return found
 
 
+async def pending_migrations(pool: Pool) -> list[int]:
+    """The versions not applied yet (all of them on a database never migrated): readiness."""
+    applied = await pool.fetchval(
+        "SELECT CASE WHEN to_regclass('schema_migrations') IS NULL THEN ARRAY[]::int[]"
+        " ELSE (SELECT coalesce(array_agg(version), ARRAY[]::int[]) FROM schema_migrations) END"
+    )
+    return [m.version for m in available_migrations() if m.version not in set(applied)]
+
+
 async def migrate(pool: Pool) -> list[int]:
     """Apply what is missing; returns the versions applied now."""
     applied_now: list[int] = []

@@ -44,6 +44,22 @@ class RunStore:
             kind,
         )
 
+    async def recent(self, limit: int = 20) -> list[asyncpg.Record]:
+        """The latest passes of every kind, newest first (the status page)."""
+        return await self.pool.fetch(
+            "SELECT id, kind, started_at, finished_at, status, counts, requests, error,"
+            " extract(epoch FROM coalesce(finished_at, now()) - started_at)::float8 AS seconds"
+            " FROM sync_run ORDER BY id DESC LIMIT $1",
+            limit,
+        )
+
+    async def last_finished(self) -> asyncpg.Record | None:
+        """The last pass of any kind that ended (readiness: did it fail for credentials?)."""
+        return await self.pool.fetchrow(
+            "SELECT id, kind, status, error FROM sync_run WHERE finished_at IS NOT NULL"
+            " ORDER BY id DESC LIMIT 1"
+        )
+
     async def prune(self, days: int) -> int:
         """Delete passes started more than `days` days ago, except the last of each kind, which
         `status` shows however old it is. One statement on the indexes of migration 008."""
