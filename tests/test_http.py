@@ -4,6 +4,7 @@ real `crmsyncd run` against the sandboxes, and readiness after a pass refused fo
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -15,12 +16,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from crmsyncd.app import open_app
-from crmsyncd.config import load_settings
+from crmsyncd.config import Settings, load_settings
 from crmsyncd.observability.http import DaemonState, serve_http
 from crmsyncd.observability.metrics import Metrics
 from crmsyncd.sandbox import CrmSandbox, EcosireSandbox
 from tests.conftest import run_cli
-from tests.crash_daemon import Daemon, daemon_env
+from tests.crash_daemon import Daemon, WriteSpy, daemon_env
 
 TOKEN = "status-page-token-7f3a"
 SCRIPT_NAME = "Eve <script>alert(1)</script>"
@@ -204,3 +205,34 @@ async def test_a_port_in_use_stops_the_start_naming_the_variable(env: dict[str, 
         result = await run_cli("run", env={**env, "CRMSYNCD_HTTP_PORT": str(port)}, limit=60)
     assert result.code == 2, result.stderr
     assert f"CRMSYNCD_HTTP_PORT: port {port} on 127.0.0.1 is in use" in result.stderr
+
+
+async def test_the_page_and_metrics_show_the_pass_in_flight(
+    settings: Settings, eco: EcosireSandbox, crm: CrmSandbox
+) -> None:
+    seed(eco, crm)
+    spy = WriteSpy()
+    spy.watch(crm, "POST /contacts")
+    # The first create is answered late: the pass is in flight, the contacts' lock held, meanwhile.
+    crm.faults.add("POST /contacts", delay=2.0, times=1)
+    state = DaemonState()
+    async with serve_http(settings, state, Metrics()) as url, open_app(settings) as app:
+        state.app = app
+        running = asyncio.create_task(app.engine.sync_pass(app.entities))
+        await asyncio.wait_for(spy.hit.wait(), 30)
+
+        status, page = await get(f"{url}/")
+        assert status == 200
+        assert "no pass running" not in page and 'id="progress-sides"' in page
+        # Read in full before the first write: both sides' figures against their feeds' totals.
+        assert "<td>contacts</td><td>ecosire</td><td>5</td><td>5</td>" in page
+        assert "<td>contacts</td><td>crm</td><td>3</td><td>3</td>" in page
+        found = samples((await get(f"{url}/metrics"))[1])
+        assert value(found, "crmsyncd_lock_holders") == 1
+        assert value(found, "crmsyncd_entity_lock_held", entity="contacts") == 1
+        status, body = await get(f"{url}/healthz")
+        assert orjson.loads(body)["pass"] == "sync"
+
+        assert (await running).status == "ok"
+        status, page = await get(f"{url}/")
+        assert "no pass running" in page and "<td>ok</td>" in page
