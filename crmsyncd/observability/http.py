@@ -152,7 +152,8 @@ async def serve_http(settings: Settings, state: DaemonState, metrics: Metrics) -
         except OSError as exc:
             raise ConfigError([_bind_problem(settings, exc)]) from None
         port = runner.addresses[0][1]
-        url = f"http://{settings.http_host}:{port}"
+        host = f"[{settings.http_host}]" if ":" in settings.http_host else settings.http_host  # IPv6
+        url = f"http://{host}:{port}"
         log.info(
             "http_started", host=settings.http_host, port=port, url=url, auth="bearer" if token else "none"
         )
