@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--crm-port", type=int, default=8082)
     sandbox.add_argument("--seed-demo", action="store_true", help="load the demo data set")
     sandbox.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        help="ECOSIRE requests per minute in the sandbox (default: 60, as the real API allows)",
+    )
+    sandbox.add_argument(
         "--crm",
         choices=("rest", "hubspot"),
         default="rest",
@@ -618,7 +624,9 @@ async def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     from crmsyncd.sandbox import run_sandbox
 
-    await run_sandbox(args.host, args.ecosire_port, args.crm_port, args.seed_demo)
+    await run_sandbox(
+        args.host, args.ecosire_port, args.crm_port, args.seed_demo, ecosire_rate_limit=args.rate_limit
+    )
     return EXIT_OK
 
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from crmsyncd.sandbox.base import SandboxServer
 from crmsyncd.sandbox.crm import CrmSandbox
-from crmsyncd.sandbox.ecosire import EcosireSandbox
+from crmsyncd.sandbox.ecosire import DEFAULT_ECOSIRE_RATE_LIMIT, EcosireSandbox
 from crmsyncd.sandbox.seed import demo_dataset, load_dataset
 
 S = TypeVar("S", bound=SandboxServer)
@@ -54,14 +54,21 @@ async def run_sandbox(
     crm_port: int,
     seed_demo: bool,
     *,
+    ecosire_rate_limit: int | None = None,
     on_ready: Callable[[EcosireSandbox, CrmSandbox], object] | None = None,
 ) -> None:
     """Serve both sandboxes until cancelled, after printing how to reach them.
 
     The keys are printed on purpose: they are the sandbox's fixed test keys, not secrets.
-    `on_ready` (for tests) is called once both listen.
+    `ecosire_rate_limit`: ECOSIRE's requests per minute (None: the real API's 60), raised for a
+    first sync that should take seconds (CI, the compose demo). `on_ready` (for tests) is called
+    once both listen.
     """
-    async with serve_pair(host, ecosire_port, crm_port, seed_demo=seed_demo) as (eco, crm):
+    limit = DEFAULT_ECOSIRE_RATE_LIMIT if ecosire_rate_limit is None else ecosire_rate_limit
+    pair = serve_pair(
+        host, ecosire_port, crm_port, seed_demo=seed_demo, ecosire=EcosireSandbox(rate_limit_per_minute=limit)
+    )
+    async with pair as (eco, crm):
         print(f"ECOSIRE sandbox  ECOSIRE_API_URL={eco.url}  ECOSIRE_API_KEY={eco.api_key}")
         print(f"CRM sandbox      CRM_API_URL={crm.url}  CRM_API_KEY={crm.api_key}")
         print(f"admin endpoints  {eco.admin_url}  {crm.admin_url}", flush=True)
