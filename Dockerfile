@@ -1,10 +1,17 @@
 # syntax=docker/dockerfile:1
-# crmsyncd's image. Stage 1 builds wheels of the dependencies and of the project and installs them
-# into a virtualenv; stage 2 is the bare base with that virtualenv alone (no pip, no wheels, no
-# build tools), run as a non-root user.
+# crmsyncd's image. The build stage builds wheels of the dependencies and of the project and
+# installs them into a virtualenv; the last stage is the bare base with that virtualenv alone (no
+# pip, no wheels, no build tools), run as a non-root user.
 # BASE_IMAGE: any Debian-based image whose python3 is 3.11+ with its venv module; CI passes a
 # local debootstrap base (no image can be pulled there), see .ci/container.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# The dependency list alone, out of pyproject.toml: the build stage copies this file, so an edit
+# elsewhere in pyproject.toml (the version, the dev extra) keeps the dependencies' layer cached.
+FROM ${BASE_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt
 
 FROM ${BASE_IMAGE} AS build
 # PIP_CERT: the standard bundle path. A build behind a TLS-intercepting proxy mounts its own
@@ -15,12 +22,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python3 -m venv /opt/crmsyncd
-# The dependencies first, from pyproject.toml alone, so that a source change reuses this layer.
-COPY pyproject.toml ./
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
- && /opt/crmsyncd/bin/pip wheel --wheel-dir /wheels -r requirements.txt \
+# The dependencies first, so that a source change reuses this layer.
+COPY --from=requirements /src/requirements.txt ./
+RUN /opt/crmsyncd/bin/pip wheel --wheel-dir /wheels -r requirements.txt \
  && /opt/crmsyncd/bin/pip install --no-index --find-links /wheels -r requirements.txt
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY crmsyncd ./crmsyncd
 RUN /opt/crmsyncd/bin/pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/crmsyncd/bin/pip install --no-index --no-deps /wheels/crmsyncd-*.whl \
