@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     retry_backoff: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = Field(
         60.0, validation_alias="CRMSYNCD_RETRY_BACKOFF"
     )
+    # Seconds before a pass that found an entity locked by another replica tries it again
+    # (jittered); unset: derived from the job's interval (daemon.busy_retry_delay).
+    busy_retry: Annotated[float, Field(gt=0, le=MAX_SECONDS)] | None = Field(
+        None, validation_alias="CRMSYNCD_BUSY_RETRY"
+    )
     reconcile_interval: Annotated[float, Field(ge=0, le=MAX_SECONDS)] = Field(
         86400.0, validation_alias="CRMSYNCD_RECONCILE_INTERVAL"
     )

@@ -9,14 +9,21 @@ a job still running `CRMSYNCD_HTTP_TIMEOUT + STOP_MARGIN` seconds after the sign
 waiting out a long rate-limit block, say) is cancelled, which is no worse than a kill -9 and as
 safe (a claimed record is looked up before it is created again). A second signal cancels at once.
 Refused credentials stop the daemon with exit code 1; any other failed pass is logged and the
-next interval tries again."""
+next interval tries again.
+
+Replicas sharing the database share the work through each entity's advisory lock. A pass that
+finds an entity locked by another replica skips it and tries that entity again after a short
+jittered delay (`busy_retry_delay`), and again while it stays locked (only a look at pg_locks
+then, no pass), rather than one interval later: when the holder ends its pass, or dies (its lock
+ends with its database session), another replica takes the entity within seconds."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -28,6 +35,7 @@ from crmsyncd.observability.http import DaemonState, serve_http
 from crmsyncd.observability.logging import get_logger
 from crmsyncd.observability.metrics import Metrics
 from crmsyncd.store.db import DATABASE_ERRORS, describe_database_error
+from crmsyncd.store.locks import lock_holders
 from crmsyncd.store.runs import prune_history
 
 log = get_logger()
@@ -38,6 +46,9 @@ STOP_MARGIN = 5.0
 # Seconds between prunings of the history (passes, resolved error rows): daily is plenty for a
 # retention counted in days, and each costs one index-backed statement per table.
 PRUNE_INTERVAL = 86400.0
+# The longest derived wait before an entity found locked by another replica is tried again: a
+# quarter of the job's interval, at most this (CRMSYNCD_BUSY_RETRY sets it instead).
+BUSY_RETRY_CAP = 5.0
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -114,15 +125,51 @@ async def run_daemon(settings: Settings) -> int:
             loop.remove_signal_handler(signum)
 
 
+def busy_retry_delay(settings: Settings, interval: float) -> float:
+    """Seconds until an entity found locked is tried again: CRMSYNCD_BUSY_RETRY, or a quarter of
+    the job's interval up to BUSY_RETRY_CAP; each wait drawn between half and all of it, so that
+    replicas waiting for the same entity do not try it in step."""
+    base = settings.busy_retry if settings.busy_retry is not None else min(BUSY_RETRY_CAP, interval / 4)
+    return base * random.uniform(0.5, 1.0)
+
+
 async def _serve(app: App, settings: Settings, stopper: _Stopper, metrics: Metrics) -> int:
-    async def guarded(job: str) -> None:
+    intervals = {
+        "sync": settings.sync_interval,
+        "retry": settings.retry_interval,
+        "reconcile": settings.reconcile_interval,
+    }
+
+    def retry_busy(job: str, busy: list[str]) -> None:
+        """The job again, for these entities only, soon (see the module's docstring)."""
+        if stopper.requested.is_set():
+            return
+        delay = busy_retry_delay(settings, intervals[job])
+        scheduler.add_job(
+            guarded,
+            "date",
+            run_date=datetime.now(UTC) + timedelta(seconds=delay),
+            args=[job, busy],
+            id=f"{job}-busy",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+        log.info("entity_busy_retry", job=job, entities=busy, seconds=round(delay, 3))
+
+    async def guarded(job: str, only: list[str] | None = None) -> None:
         if stopper.requested.is_set():
             return
         task = asyncio.current_task()
         assert task is not None
         stopper.jobs.add(task)
         try:
-            report = await _job(app, job)
+            if only is not None:
+                # Still all held? Then only wait again: no pass, no history row, no log line.
+                held = await lock_holders(app.pool, only)
+                if all(name in held for name in only):
+                    retry_busy(job, only)
+                    return
+            report = await _job(app, job, only)
         except asyncio.CancelledError:
             log.warning("job_cancelled", job=job)
             return
@@ -142,6 +189,8 @@ async def _serve(app: App, settings: Settings, stopper: _Stopper, metrics: Metri
             stopper.jobs.discard(task)
         if report is not None:
             metrics.record_pass(report, time.time())
+            if report.busy:
+                retry_busy(job, report.busy)
         if report is not None and report.status == "failed":
             # Refused credentials will not fix themselves: stop and say so. Any other trouble
             # (an API down past its retries, the database away) waits for the next interval.
@@ -208,13 +257,15 @@ async def _serve(app: App, settings: Settings, stopper: _Stopper, metrics: Metri
     return 1 if stopper.fatal else 0
 
 
-async def _job(app: App, job: str) -> PassReport | None:
+async def _job(app: App, job: str, only: list[str] | None = None) -> PassReport | None:
     if job == "prune":  # housekeeping, not a pass: no report
         pruned = await prune_history(app.pool, app.settings.history_days)
         log.info("history_pruned", days=pruned.days, runs=pruned.runs, errors=pruned.errors)
         return None
+    # All the entities, or (a busy retry) those another replica held, in their order.
+    entities = [e for e in app.entities if only is None or e.name in only]
     if job == "sync":
-        return await app.engine.sync_pass(app.entities)
+        return await app.engine.sync_pass(entities)
     if job == "reconcile":
-        return await app.engine.reconcile_pass(app.entities)
-    return await app.engine.retry_pass(app.entities)
+        return await app.engine.reconcile_pass(entities)
+    return await app.engine.retry_pass(entities)

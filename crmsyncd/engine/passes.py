@@ -54,6 +54,8 @@ class PassReport:
     error: str | None = None
     # The counts of each entity worked on, whose sum is `counts` (metrics by entity).
     entities: dict[str, PassCounts] = field(default_factory=dict)
+    # Entities skipped because another replica held their lock: the daemon tries them again soon.
+    busy: list[str] = field(default_factory=list)
 
 
 # One job's work on one entity within a pass.
@@ -96,12 +98,14 @@ async def _run_entities(
             try:
                 async with entity_lock(ctx.pool, entity.name) as held:
                     if not held:
-                        log.warning(
+                        # Routine with several replicas (the daemon retries it soon): not a warning.
+                        log.info(
                             "entity_busy",
                             entity=entity.name,
                             run=run_id,
                             detail="another crmsyncd holds this entity's lock; skipped",
                         )
+                        report.busy.append(entity.name)
                         continue
                     with bound_contextvars(entity=entity.name):
                         # Its own counts, readable while it runs (engine/live.py).

@@ -36,10 +36,16 @@ async def entity_lock(pool: Pool, entity: str) -> AsyncIterator[bool]:
     key = _key(entity)
     async with pool.acquire() as conn:
         held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", key)
+        # The session's pid is what pg_locks, the metrics and the status page name as the
+        # holder: logged so that an operator can tell which replica that is.
+        session = conn.get_server_pid()
+        if held:
+            log.info("entity_locked", entity=entity, session=session)
         try:
             yield bool(held)
         finally:
             if held:
+                log.info("entity_unlocked", entity=entity, session=session)
                 try:
                     await conn.execute("SELECT pg_advisory_unlock($1)", key)
                 except DATABASE_ERRORS as exc:
