@@ -7,7 +7,12 @@ is saved with it), workers take no new record and finish the one they hold (a re
 answered, or parked), the buffered bookkeeping is flushed, and the process exits 0. It is bounded:
 a job still running `CRMSYNCD_HTTP_TIMEOUT + STOP_MARGIN` seconds after the signal (a worker
 waiting out a long rate-limit block, say) is cancelled, which is no worse than a kill -9 and as
-safe (a claimed record is looked up before it is created again). A second signal cancels at once.
+safe (a claimed record is looked up before it is created again); cancelled jobs get STOP_MARGIN
+more to unwind, and the HTTP server SHUTDOWN_TIMEOUT: the process exits within
+`CRMSYNCD_HTTP_TIMEOUT + 2 * STOP_MARGIN + SHUTDOWN_TIMEOUT` seconds (41 at the defaults), the
+bound the README gives beside Kubernetes' terminationGracePeriodSeconds (60 in deploy/). A
+replica merely waiting to retry an entity another holds has nothing in flight and stops at once.
+A second signal cancels at once.
 Refused credentials stop the daemon with exit code 1; any other failed pass is logged and the
 next interval tries again.
 

@@ -36,14 +36,18 @@ class DaemonGone(AssertionError):
 class Daemon:
     """One life of `crmsyncd run`: start, read events, kill -9 or stop."""
 
-    def __init__(self, env: Mapping[str, str], life: int = 0) -> None:
+    def __init__(self, env: Mapping[str, str], life: int = 0, *, capture_stdout: bool = False) -> None:
         self.env = dict(env)
         self.life = life
+        # Whatever the daemon writes on stdout (nothing, it logs on stderr), when asked for.
+        self.capture_stdout = capture_stdout
+        self.stdout = b""
         self.events: list[Event] = []
         self.started_at = 0.0
         self._proc: asyncio.subprocess.Process | None = None
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
+        self._out_reader: asyncio.Task[None] | None = None
         self._eof = False
 
     @property
@@ -62,12 +66,20 @@ class Daemon:
             "crmsyncd",
             "run",
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if self.capture_stdout else asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
         )
         self.started_at = time.monotonic()
         self._reader = asyncio.create_task(self._read())
+        if self.capture_stdout:
+            self._out_reader = asyncio.create_task(self._read_stdout())
+
+    async def _read_stdout(self) -> None:
+        stream = self.proc.stdout
+        assert stream is not None
+        while chunk := await stream.read(65536):
+            self.stdout += chunk
 
     async def _read(self) -> None:
         stream = self.proc.stderr
@@ -139,6 +151,8 @@ class Daemon:
     async def _drain(self) -> None:
         if self._reader is not None:
             await self._reader
+        if self._out_reader is not None:
+            await self._out_reader
 
     def named(self, name: str) -> list[Event]:
         return [e for e in self.events if e.get("event") == name]

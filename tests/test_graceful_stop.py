@@ -77,6 +77,16 @@ async def assert_complete_without_duplicates(
     assert (line["status"], line["writes"], line["parked"]) == ("ok", 0, {})
 
 
+def assert_json_logs(daemon: Daemon) -> None:
+    """What the README promises the orchestrator's log collector, through the stop too: every
+    line on stderr one JSON object with its event, level and timestamp; nothing on stdout."""
+    assert daemon.stdout == b"", daemon.stdout[:2000]
+    plain = [e["text"] for e in daemon.events if e["event"] == "(text)"]
+    assert plain == [], plain[:20]
+    assert all({"event", "level", "timestamp"} <= set(e) for e in daemon.events), daemon.tail()
+    assert daemon.events[-1]["event"] == "daemon_stopped", daemon.tail()
+
+
 def one_pass_env(env: dict[str, str], **overrides: str) -> dict[str, str]:
     """The daemon's pass at start and nothing else scheduled during the test."""
     return daemon_env(
@@ -108,9 +118,10 @@ async def test_sigterm_mid_pass_finishes_in_flight_writes_and_exits_0(
     eco.latency = crm.latency = 0.02  # every request takes a while: writes are in flight
     mid_pass = asyncio.Event()
     posted = count_writes(crm, "POST /contacts", 60, mid_pass)
-    daemon = Daemon(one_pass_env(env))
+    daemon = Daemon(one_pass_env(env), capture_stdout=True)
     code, stopped_in = await sigterm_once(daemon, mid_pass, stop_within=20)
     assert code == 0, daemon.tail()
+    assert_json_logs(daemon)
     assert stopped_in < 10, f"took {stopped_in:.1f} s to stop"
     names = [e["event"] for e in daemon.events]
     assert names.index("stop_requested") < names.index("daemon_stopped"), daemon.tail()
@@ -164,9 +175,10 @@ async def test_a_stop_is_bounded_even_when_workers_wait_out_a_long_rate_limit(
         return True
 
     crm.faults.add("POST /contacts", status=429, headers={"Retry-After": "30"}, when=throttle)
-    daemon = Daemon(one_pass_env(env, CRMSYNCD_HTTP_TIMEOUT="1"))
+    daemon = Daemon(one_pass_env(env, CRMSYNCD_HTTP_TIMEOUT="1"), capture_stdout=True)
     code, stopped_in = await sigterm_once(daemon, limited, stop_within=25)
     assert code == 0, daemon.tail()
+    assert_json_logs(daemon)  # the cancelled jobs' unwinding included
     # One HTTP timeout (1 s) plus the margin (5 s), not the 30 s the server asked for.
     assert stopped_in < 12, f"took {stopped_in:.1f} s to stop"
     assert daemon.named("stop_grace_exceeded"), daemon.tail()

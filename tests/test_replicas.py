@@ -187,3 +187,43 @@ async def test_a_busy_retry_that_is_not_a_positive_number_is_refused_at_start(en
         result = await run_cli("run", env={**env, "CRMSYNCD_BUSY_RETRY": bad})
         assert result.code == 2, result.stderr
         assert "CRMSYNCD_BUSY_RETRY" in result.stderr and "daemon_started" not in result.stderr
+
+
+async def test_a_replica_waiting_for_a_busy_entity_stops_at_once_on_sigterm(
+    env: dict[str, str], eco: EcosireSandbox, crm: CrmSandbox
+) -> None:
+    """The busy retry is not work in flight: SIGTERM ends a waiting replica at once, exit 0, and
+    no pass starts after the signal."""
+    eco.seed("contacts", [{"name": f"Eco {i}", "email": f"eco{i}@mail.example"} for i in range(ECO_CONTACTS)])
+    eco.latency = crm.latency = 0.04
+    replica_env = daemon_env(
+        env,
+        CRMSYNCD_SYNC_INTERVAL="3600",
+        CRMSYNCD_RETRY_INTERVAL="3600",
+        CRMSYNCD_RECONCILE_INTERVAL="0",
+        CRMSYNCD_ENTITIES="contacts",
+        CRMSYNCD_WORKERS="2",
+        CRMSYNCD_BUSY_RETRY="0.2",
+    )
+    working, waiting = Daemon(replica_env, life=0), Daemon(replica_env, life=1)
+    try:
+        await working.start()
+        await working.next_named("entity_locked", 30)
+        await waiting.start()
+        # It found contacts taken, and keeps looking (0.1-0.2 s apart) without a pass.
+        await waiting.next_event(lambda e: e["event"] == "entity_busy_retry" and e["job"] == "sync", 30)
+        await waiting.next_named("entity_busy_retry", 5)
+        signalled = time.monotonic()
+        code = await waiting.stop(grace=10)
+        stopped_in = time.monotonic() - signalled
+        assert code == 0, waiting.tail()
+        assert stopped_in < 3, f"took {stopped_in:.1f} s"
+        names = [e["event"] for e in waiting.events]
+        after = names[names.index("stop_requested") :]
+        assert "entity_locked" not in after and "sync_pass" not in after, waiting.tail()
+        assert not locks_of(waiting, "contacts"), waiting.tail()
+        assert len(waiting.named("sync_pass")) == 1, "a pass per look while it waited"
+        assert working.running and not locks_of(working, "contacts", "entity_unlocked")
+    finally:
+        await working.stop()
+        await waiting.stop()
