@@ -140,8 +140,14 @@ async def test_a_batch_create_committed_then_lost_is_found_by_email_not_repeated
             by_email = [body for _, body in log.seen if body.get("idProperty") == "email"]
             assert sum(len(body["inputs"]) for body in by_email) >= 100
         if lag:
-            # The deals' copies are not searchable yet: not proven absent, so not created again.
+            # The deals' copies are not searchable yet: not proven absent, so not created again,
+            # and not tried again before the index can show them (no attempt spent on waiting).
             assert max(copies(hubspot, "deals", "dealname").values()) == 1
+            waits = await app.pool.fetch(
+                "SELECT extract(epoch FROM next_attempt_at - now())::float8 AS wait, status"
+                " FROM sync_error WHERE entity = 'deals' AND status <> 'resolved'"
+            )
+            assert waits and all(r["wait"] >= lag and r["status"] == "pending" for r in waits), waits
             hubspot.clock = lambda: utc_now() + timedelta(seconds=lag + 1)
         await settle(app)
 

@@ -48,6 +48,7 @@ class ConnectorError(Exception):
         method: str = "",
         path: str = "",
         committed_maybe: bool = False,
+        retry_after: float = 0.0,
     ) -> None:
         where = f"{method} {path}".strip()
         status_text = f" {status}" if status is not None else ""
@@ -61,6 +62,9 @@ class ConnectorError(Exception):
         # True when a write may have been applied although we saw no success (timeout, reset, 5xx):
         # the engine must look the record up before it tries a create again.
         self.committed_maybe = committed_maybe
+        # Seconds before which a retry cannot succeed (a lookup that must wait for a lagging
+        # feed): the record is parked at least that long, whatever the backoff says.
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

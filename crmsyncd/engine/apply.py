@@ -164,7 +164,9 @@ class PairWorker:
             stop = pass_stopper(exc)
             if stop is not None:
                 raise stop from None
-            return self._park(pair, source, _error_class(exc), str(exc), final=_final(exc))
+            return self._park(
+                pair, source, _error_class(exc), str(exc), final=_final(exc), not_before=exc.retry_after
+            )
         if isinstance(exc, BadRecord):
             return self._park(pair, source, ErrorClass.BAD_RECORD, f"{self._name(pair, source)}: {exc}")
         return self._park(pair, source, ErrorClass.UNRESOLVED_REFERENCE, f"{self._name(pair, source)}: {exc}")
@@ -401,6 +403,8 @@ class PairWorker:
                 f"{connector.feed_lag.total_seconds():g}s after it is made, and the earlier attempt "
                 "ended more recently; not created again yet",
                 side=target,
+                # Tried again once the feed can show that write (a second of margin).
+                retry_after=connector.feed_lag.total_seconds() + 1.0,
             )
         return self._one(matches, target, "the same content")
 
@@ -428,7 +432,14 @@ class PairWorker:
     # -- failures -----------------------------------------------------------------------------
 
     def _park(
-        self, pair: Pair, side: Side, error_class: ErrorClass, reason: str, *, final: bool = False
+        self,
+        pair: Pair,
+        side: Side,
+        error_class: ErrorClass,
+        reason: str,
+        *,
+        final: bool = False,
+        not_before: float = 0.0,
     ) -> Parked:
         if pair.id_of(side) is None:
             side = side.other
@@ -445,6 +456,7 @@ class PairWorker:
                 reason=reason,
                 error_class=error_class,
                 final=final,
+                not_before=not_before,
             ),
         )
 

@@ -37,6 +37,8 @@ class Failure:
     error_class: ErrorClass
     # Permanent verdicts that no retry can change (a deleted record, flagged): dead at once.
     final: bool = False
+    # Seconds before which a retry cannot help: the next attempt is not due sooner.
+    not_before: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +100,10 @@ class ErrorStore:
                                          error_class, status, next_attempt_at)
             SELECT u.entity, u.side, u.rid, u.map_id, u.payload, u.reason, u.cls,
                    CASE WHEN u.final OR $9 <= 1 THEN 'dead' ELSE 'pending' END,
-                   now() + make_interval(secs => least($11, $10 * random()))
+                   now() + make_interval(secs => greatest(u.not_before, least($11, $10 * random())))
             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[], $6::text[],
-                        $7::text[], $8::bool[])
-                 AS u(entity, side, rid, map_id, payload, reason, cls, final)
+                        $7::text[], $8::bool[], $12::float8[])
+                 AS u(entity, side, rid, map_id, payload, reason, cls, final, not_before)
             ON CONFLICT (entity, side, record_id) WHERE status <> 'resolved' DO UPDATE SET
                 -- A dead row's record may fail again (an edit re-read by a sync pass merges it
                 -- once more): it stays dead, and its count never passes the limit.
@@ -112,8 +114,12 @@ class ErrorStore:
                 error_class = EXCLUDED.error_class,
                 status = CASE WHEN EXCLUDED.status = 'dead' OR e.attempts + 1 >= $9
                               THEN 'dead' ELSE 'pending' END,
-                next_attempt_at = now() + make_interval(
-                    secs => least($11, $10 * power(2, e.attempts)) * random()),
+                next_attempt_at = now() + make_interval(secs => greatest(
+                    -- this record's own input (EXCLUDED holds no column for it)
+                    (SELECT v.nb FROM unnest($1::text[], $2::text[], $3::text[], $12::float8[])
+                         AS v(entity, side, rid, nb)
+                     WHERE v.entity = e.entity AND v.side = e.side AND v.rid = e.record_id LIMIT 1),
+                    least($11, $10 * power(2, e.attempts)) * random())),
                 updated_at = now()
             """,
             (
@@ -128,6 +134,7 @@ class ErrorStore:
                 self.backoff.max_attempts,
                 self.backoff.base_seconds,
                 self.backoff.cap_seconds,
+                [f.not_before for f in failures],
             ),
         )
 
