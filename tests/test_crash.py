@@ -239,6 +239,7 @@ async def test_a_kill_between_an_update_and_its_bookkeeping_does_not_undo_a_late
 # -- kill -9 at random moments -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     env: dict[str, str],

@@ -86,6 +86,7 @@ def stamped(count: int, per_stamp: int, start: datetime = START) -> list[dict[st
 # ----- the change feed ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_the_feed_reads_every_record_across_the_10000_cap_with_equal_stamps_at_the_reanchor(
     hubspot: HubSpotSandbox, session: Any
 ) -> None:
@@ -121,6 +122,7 @@ async def test_the_feed_reads_every_record_across_the_10000_cap_with_equal_stamp
     assert {"id", "email", "firstname", "updatedAt", "createdAt"} <= set(record)
 
 
+@pytest.mark.slow
 async def test_more_than_10000_records_with_one_stamp_stop_the_read_rather_than_lose_some(
     hubspot: HubSpotSandbox, session: Any
 ) -> None:

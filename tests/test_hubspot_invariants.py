@@ -308,6 +308,7 @@ STORM_SEED = 20261202
 STORM_KILLS = 10
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_kill_9_at_random_moments_with_hubspot_duplicates_nothing(
     hub_env: dict[str, str],
