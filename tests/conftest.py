@@ -4,6 +4,7 @@ database per test, both sandbox APIs on loopback, and the app wired to them as a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import sys
@@ -40,21 +41,30 @@ async def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         await embedded.stop()
 
 
-@pytest.fixture
-async def database_url(server_dsn: str) -> AsyncIterator[str]:
-    """A new, empty database for one test."""
+@contextlib.asynccontextmanager
+async def fresh_database(server_dsn: str) -> AsyncIterator[str]:
+    """A new, empty database on the test server, dropped afterwards; its DSN."""
     name = f"crmsyncd_test_{os.getpid()}_{next(_counter)}"
     admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield database_name_dsn(server_dsn, name)
-    admin = await asyncpg.connect(server_dsn)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield database_name_dsn(server_dsn, name)
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def database_url(server_dsn: str) -> AsyncIterator[str]:
+    """A new, empty database for one test."""
+    async with fresh_database(server_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture

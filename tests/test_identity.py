@@ -9,20 +9,16 @@ and a real PostgreSQL."""
 
 from __future__ import annotations
 
-import os
 import socket
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 
 from crmsyncd.connectors.base import normalised_base_url
 from crmsyncd.sandbox import CrmSandbox, EcosireSandbox
-from crmsyncd.store.db import database_name_dsn
-from tests.conftest import run_cli
+from tests.conftest import fresh_database, run_cli
 from tests.test_sync import contact, crm_contact
 
 # Every command that talks to the remotes; `run` is the daemon, refused before its first pass.
@@ -32,18 +28,8 @@ SYNCING = (("sync", "--once"), ("retry", "--once", "--all"), ("reconcile", "--on
 @pytest.fixture
 async def other_database_url(server_dsn: str) -> AsyncIterator[str]:
     """A second empty database on the test server: a fresh state for the same test."""
-    name = f"crmsyncd_test_{os.getpid()}_other_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield database_name_dsn(server_dsn, name)
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(server_dsn) as dsn:
+        yield dsn
 
 
 def eco_people(n: int) -> list[dict[str, Any]]:
