@@ -166,6 +166,19 @@ async def table(app: App, sql: str, *args: Any) -> list[asyncpg.Record]:
 SIDES = tuple(Side)
 
 
+class SteppedClock:
+    """A server clock that moves only when the test says so (`server.clock = SteppedClock(...)`)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 class TickingClock:
     """A server clock that moves a few seconds at every reading, so that every stamp stands
     apart from the next by more than the re-read overlap: what a quiet day looks like."""

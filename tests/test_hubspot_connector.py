@@ -28,20 +28,9 @@ from crmsyncd.domain.records import format_timestamp
 from crmsyncd.sandbox.hubspot import HubSpotSandbox, Limits
 from crmsyncd.sandbox.hubspot.batch import BatchPolicy
 from crmsyncd.sandbox.hubspot.oauth import OAuthApp
-from tests.conftest import InstantClock, run_cli
+from tests.conftest import InstantClock, SteppedClock, run_cli
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-class SteppedClock:
-    def __init__(self, start: datetime = START) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture
@@ -141,7 +130,7 @@ async def test_a_record_the_index_shows_late_is_read_when_since_is_moved_back_by
 ) -> None:
     """B is written before C but reaches the search index after it (HubSpot's lag varies): a read
     then sees C and not B. From C's stamp B is lost; from C's stamp less the overlap it is read."""
-    clock = SteppedClock()
+    clock = SteppedClock(START)
     hubspot.clock = clock
     conn = connector(hubspot, session)
     hubspot.search_lag = 10.0
@@ -164,7 +153,7 @@ async def test_a_record_the_index_shows_late_is_read_when_since_is_moved_back_by
 async def test_archived_records_are_reported_deleted_once_after_the_search(
     hubspot: HubSpotSandbox, session: Any
 ) -> None:
-    clock = SteppedClock()
+    clock = SteppedClock(START)
     hubspot.clock = clock
     old, gone, kept = hubspot.seed(
         "contacts",
@@ -314,7 +303,7 @@ async def test_oauth_tokens_are_renewed_ahead_of_expiry_and_once_when_refused_as
     session: Any,
 ) -> None:
     app = OAuthApp(expires_in=100)
-    clock = SteppedClock()
+    clock = SteppedClock(START)
     local = InstantClock()
     unlimited = Limits(ten_second=None, oauth_ten_second=None, daily=None, search_per_second=None)
     async with HubSpotSandbox(search_lag=0.0, limits=unlimited, oauth=app) as hub:

@@ -43,22 +43,10 @@ from hubspot.crm.properties import OptionInput, PropertyCreate
 from hubspot.oauth import ApiException as OAuthApiException
 
 from crmsyncd.sandbox.hubspot import HubSpotSandbox
+from tests.conftest import SteppedClock
 
 T = TypeVar("T")
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-class SteppedClock:
-    """A server clock that moves only when the test says so."""
-
-    def __init__(self, start: datetime = START) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Monotonic:
@@ -207,7 +195,7 @@ async def test_search_refuses_to_page_beyond_ten_thousand_results(hubspot: HubSp
 
 
 async def test_a_write_is_searchable_only_after_the_index_lag(hubspot: HubSpotSandbox) -> None:
-    clock = SteppedClock()
+    clock = SteppedClock(START)
     hubspot.clock = clock
     hubspot.search_lag = 3.0
     sdk = client(hubspot).crm.contacts
@@ -583,7 +571,7 @@ async def test_deals_associate_with_contacts_the_default_way(hubspot: HubSpotSan
 
 
 async def test_oauth_tokens_refresh_expire_and_may_rotate(hubspot: HubSpotSandbox) -> None:
-    clock = SteppedClock()
+    clock = SteppedClock(START)
     hubspot.clock = clock
     hubspot.oauth.expires_in = 60
     app = hubspot.oauth

@@ -4,7 +4,7 @@ the ECOSIRE sandbox and the HubSpot sandbox over real HTTP, state in real Postgr
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 
 from crmsyncd.sandbox import EcosireSandbox
 from crmsyncd.sandbox.hubspot import HubSpotSandbox
-from tests.conftest import by_email, run_cli
+from tests.conftest import SteppedClock, by_email, run_cli
 
 TAGS = "vip,newsletter,lead"
 
@@ -163,17 +163,6 @@ async def test_missing_hubspot_credentials_exit_2_naming_the_variables(hub_env: 
     result = await run_cli("sync", "--once", env=env)
     assert result.code == 2
     assert "HUBSPOT_ACCESS_TOKEN" in result.stderr
-
-
-class SteppedClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 async def test_an_edit_the_search_index_shows_after_later_ones_is_still_synced(
